@@ -1,0 +1,148 @@
+"""Export a trained Keras model as a TF Serving SavedModel version.
+
+The SavedModel carries its own contract, so no client hard-codes anything:
+
+    signature `serving_default`
+      input   image          uint8   [-1, S, S, 3]  pixels already resized to S
+      output  probabilities  float32 [-1, 6]        softmax over the classes
+      output  classes        string  [-1, 6]        class names, in output order
+
+It is written to `BASE/<version>/` (TF Serving's layout) through a temporary
+folder that is renamed into place, so a model server polling BASE never sees a
+half-written version. A warm-up request in TF Serving's format is included.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from kitchenware.errors import KitchenwareError
+from kitchenware.labels import CLASSES
+
+SIGNATURE = "serving_default"
+INPUT = "image"
+OUTPUT_PROBABILITIES = "probabilities"
+OUTPUT_CLASSES = "classes"
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+DEFAULT_MODEL_NAME = "kitchenware"
+
+
+def versions(base_dir: str | os.PathLike) -> list[int]:
+    """Numeric version folders under `base_dir` that hold a saved_model.pb, ascending."""
+    base = Path(base_dir)
+    if not base.is_dir():
+        return []
+    return sorted(
+        int(p.name)
+        for p in base.iterdir()
+        if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()
+    )
+
+
+def next_version(base_dir: str | os.PathLike) -> int:
+    base = Path(base_dir)
+    taken = [int(p.name) for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
+    return max(taken, default=0) + 1
+
+
+def serving_function(model, classes=CLASSES):
+    """The tf.function behind `serving_default` for a Keras model taking uint8 pixels."""
+    import tensorflow as tf
+
+    size = int(model.input_shape[1])
+    names = tf.constant(list(classes))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name=INPUT)])
+    def serve(image):
+        logits = model(image, training=False)
+        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        batch = tf.shape(image)[0]
+        labels = tf.broadcast_to(names[tf.newaxis, :], [batch, len(classes)])
+        return {OUTPUT_PROBABILITIES: probabilities, OUTPUT_CLASSES: labels}
+
+    return serve
+
+
+def write_warmup(saved_model_dir: Path, size: int, model_name: str = DEFAULT_MODEL_NAME) -> Path:
+    """One PredictionLog record (a grey image) in assets.extra/, as TF Serving expects."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = SIGNATURE
+    pixels = np.full((1, size, size, 3), 128, dtype=np.uint8)
+    request.inputs[INPUT].CopyFrom(tf.make_tensor_proto(pixels))
+    log = prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)
+    )
+    path = saved_model_dir / WARMUP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(log.SerializeToString())
+    return path
+
+
+def export_saved_model(
+    model,
+    base_dir: str | os.PathLike,
+    version: int | None = None,
+    model_name: str = DEFAULT_MODEL_NAME,
+) -> Path:
+    """Write `model` to BASE/<version>/ and return that folder."""
+    import tensorflow as tf
+
+    base = Path(base_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    version = next_version(base) if version is None else int(version)
+    if version < 1:
+        raise KitchenwareError(f"--version must be a positive integer, got {version}")
+    target = base / str(version)
+    if target.exists():
+        raise KitchenwareError(f"{target} already exists; choose another --version")
+
+    from kitchenware.model import inference_model
+
+    model = inference_model(model)
+    module = tf.Module()
+    module.model = model
+    module.serve = serving_function(model)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=base))
+    try:
+        tf.saved_model.save(module, str(staging), signatures={SIGNATURE: module.serve})
+        write_warmup(staging, int(model.input_shape[1]), model_name)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def load_keras_model(path: str | os.PathLike):
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise KitchenwareError(f"model file not found: {path}")
+    try:
+        return keras.models.load_model(path)
+    except Exception as exc:  # Keras raises many types for a bad file
+        raise KitchenwareError(f"cannot load Keras model {path}: {exc}") from exc
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", default="runs/latest/best.keras", help="trained .keras file")
+    parser.add_argument("--out", default="models/kitchenware", help="model base path (TF Serving layout)")
+    parser.add_argument("--version", type=int, default=None, help="version number (default: last + 1)")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="name used in the warm-up request")
+
+
+def run(args) -> int:
+    model = load_keras_model(args.model)
+    target = export_saved_model(model, args.out, args.version, args.model_name)
+    print(f"exported {args.model} -> {target}")
+    return 0
