@@ -1,0 +1,76 @@
+"""gunicorn settings for the gateway: `gunicorn -c gunicorn.conf.py gateway:app`.
+
+Workers, threads and timeouts come from the environment so compose and
+Kubernetes can tune them without a rebuild. Prometheus runs in multiprocess
+mode: each worker writes its samples to files in PROMETHEUS_MULTIPROC_DIR and
+/metrics sums them, so counts are right whichever worker answers the scrape.
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kitchenware.errors import KitchenwareError  # noqa: E402
+from kitchenware.gateway.config import Settings  # noqa: E402
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = int(raw) if raw else default
+    except ValueError:
+        raise SystemExit(f"gunicorn.conf.py: {name}={raw!r} is not a whole number") from None
+    if value <= 0:
+        raise SystemExit(f"gunicorn.conf.py: {name} must be greater than 0, got {value}")
+    return value
+
+
+bind = os.environ.get("GUNICORN_BIND") or f"0.0.0.0:{_int_env('PORT', 9696)}"
+workers = _int_env("GUNICORN_WORKERS", 2)
+# gthread: a worker waiting on a URL download or the model server still serves
+# its other threads.
+worker_class = "gthread"
+threads = _int_env("GUNICORN_THREADS", 4)
+# A request is bounded by URL_FETCH_TIMEOUT + GRPC_TIMEOUT; this only catches stuck workers.
+timeout = _int_env("GUNICORN_TIMEOUT", 60)
+graceful_timeout = _int_env("GUNICORN_GRACEFUL_TIMEOUT", 20)
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+# Workers import the app after the fork: gRPC channels must not cross a fork.
+preload_app = False
+
+# Must be set before any worker imports prometheus_client.
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="kitchenware-metrics-")
+
+
+def on_starting(server):
+    """Fail fast, with one clear line, on bad settings; start metrics from zero."""
+    try:
+        Settings.from_env()
+    except KitchenwareError as exc:
+        server.log.error("gateway configuration error: %s", exc)
+        raise SystemExit(f"gateway configuration error: {exc}") from None
+    metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live samples (counters and histograms are kept)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -1,0 +1,268 @@
+"""The Flask application: POST /predict, health checks, metrics and the web page.
+
+`create_app()` builds one app from `Settings`; gunicorn imports it from the
+top-level `gateway.py`. The gRPC client is created lazily, once per process,
+after gunicorn has forked its workers (a gRPC channel must not cross a fork).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from kitchenware.errors import ImageError, ImageTooLarge, KitchenwareError
+from kitchenware.gateway import errors
+from kitchenware.gateway.config import Settings
+from kitchenware.gateway.fetch import UrlFetcher
+from kitchenware.gateway.inputs import ImageInput, parse_predict_request
+from kitchenware.gateway.metrics import GatewayMetrics
+from kitchenware.images import load_image
+
+log = logging.getLogger("kitchenware.gateway")
+
+# Used only if a model declares no fixed input size (ours always declares one).
+FALLBACK_IMAGE_SIZE = 299
+MAX_PARALLEL_DOWNLOADS = 8
+READY_TIMEOUT_S = 3.0
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    # Everything the page needs comes from this server; previews may show any image.
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src * data: blob:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; frame-ancestors 'none'"
+    ),
+}
+
+
+class ClientProvider:
+    """One ServingClient per process, created on first use (so after gunicorn's fork)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._client = None
+        self._pid: int | None = None
+
+    def get(self):
+        with self._lock:
+            if self._client is None or self._pid != os.getpid():
+                from kitchenware.client import ServingClient
+
+                self._client = ServingClient(
+                    target=self.settings.tf_serving_host,
+                    model_name=self.settings.model_name,
+                    timeout=self.settings.grpc_timeout,
+                    max_message_bytes=self.settings.grpc_max_message_bytes,
+                )
+                self._pid = os.getpid()
+            return self._client
+
+
+class Gateway:
+    """What one app instance needs to answer requests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.clients = ClientProvider(settings)
+        self.metrics = GatewayMetrics()
+        self.fetcher = UrlFetcher(
+            timeout=settings.url_fetch_timeout,
+            max_bytes=settings.max_image_bytes,
+            allow_private=settings.allow_private_urls,
+        )
+
+    # -- model server calls, with its errors mapped to HTTP ones ---------------
+
+    def call_model(self, what, *args, **kwargs):
+        from kitchenware.client import ModelServerError
+        from kitchenware.client import ModelTimeout as ClientTimeout
+        from kitchenware.client import ModelUnavailable as ClientUnavailable
+
+        try:
+            return what(*args, **kwargs)
+        except ClientUnavailable as exc:
+            raise errors.ModelUnavailable(f"model server unavailable: {exc}") from None
+        except ClientTimeout as exc:
+            raise errors.ModelTimeout(
+                f"model server did not answer within {self.settings.grpc_timeout:g} s: {exc}"
+            ) from None
+        except ModelServerError as exc:
+            raise errors.ModelServerFailed(f"model server error: {exc}") from None
+        except KitchenwareError as exc:  # e.g. the served contract changed under the client
+            raise errors.ModelServerFailed(f"model server error: {exc}") from None
+
+    def image_size(self, refresh: bool = False) -> int:
+        meta = self.call_model(self.clients.get().metadata, refresh=refresh)
+        return meta.image_size or FALLBACK_IMAGE_SIZE
+
+    # -- /predict ----------------------------------------------------------------
+
+    def predict(self, items: list[ImageInput]) -> list[dict]:
+        raw = self.download(items)  # URLs are vetted before the model server is asked anything
+        size = self.image_size()
+        pixels = self.decode(items, raw, size)
+        try:
+            prediction = self.timed_predict(pixels)
+        except errors.ModelServerFailed:
+            # A new version may declare another size: ask again and retry once.
+            new_size = self.image_size(refresh=True)
+            if new_size != size:
+                pixels = self.decode(items, raw, new_size)
+            prediction = self.timed_predict(pixels)
+        self.metrics.images.inc(len(items))
+        return [self.answer(row, prediction) for row in prediction.probabilities]
+
+    def timed_predict(self, pixels: np.ndarray):
+        started = time.perf_counter()
+        try:
+            return self.call_model(self.clients.get().predict, pixels)
+        finally:
+            self.metrics.model_seconds.observe(time.perf_counter() - started)
+
+    def download(self, items: list[ImageInput]) -> list[bytes]:
+        """Each item's bytes, URLs fetched (in parallel for a batch)."""
+
+        def get(item: ImageInput) -> bytes:
+            if item.data is not None:
+                return item.data
+            try:
+                return self.fetcher.fetch(item.url)
+            except errors.GatewayError as exc:
+                raise type(exc)(f"{item.label}: {exc.message}") from None
+
+        urls = sum(item.url is not None for item in items)
+        if urls <= 1:
+            return [get(item) for item in items]
+        with ThreadPoolExecutor(min(urls, MAX_PARALLEL_DOWNLOADS)) as pool:
+            return list(pool.map(get, items))
+
+    def decode(self, items: list[ImageInput], raw: list[bytes], size: int) -> np.ndarray:
+        pixels = []
+        for item, data in zip(items, raw, strict=True):
+            try:
+                pixels.append(
+                    load_image(data, size=size, max_pixels=self.settings.max_image_pixels)
+                )
+            except ImageTooLarge as exc:
+                raise errors.TooLarge(f"{item.label}: {exc}") from None
+            except ImageError as exc:
+                raise errors.NotAnImage(f"{item.label} is not a decodable image: {exc}") from None
+        return np.stack(pixels)
+
+    def answer(self, row: np.ndarray, prediction) -> dict:
+        best = int(np.argmax(row))
+        return {
+            "label": prediction.classes[best],
+            "probability": float(row[best]),
+            "probabilities": {
+                name: float(p) for name, p in zip(prediction.classes, row, strict=True)
+            },
+            "model": {"name": self.settings.model_name, "version": int(prediction.version)},
+        }
+
+    def readiness(self) -> tuple[bool, str]:
+        try:
+            client = self.clients.get()
+            return client.check_ready(timeout=min(READY_TIMEOUT_S, self.settings.grpc_timeout))
+        except KitchenwareError as exc:
+            return False, str(exc)
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    return response
+
+
+def _http_code(exc: HTTPException) -> str:
+    """`RequestEntityTooLarge` -> "too_large"; other werkzeug errors -> snake_case name."""
+    if exc.code == 413:
+        return errors.TooLarge.code
+    name = (exc.name or "error").lower()
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The gateway's Flask app; `settings` default to `Settings.from_env()`."""
+    settings = settings if settings is not None else Settings.from_env()
+    app = Flask(__name__, static_folder="static", static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False
+    gateway = Gateway(settings)
+    app.extensions["kitchenware_gateway"] = gateway
+
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def finish(response: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        started = g.get("started", time.perf_counter())
+        gateway.metrics.observe_request(
+            endpoint, request.method, response.status_code, time.perf_counter() - started
+        )
+        for header, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(header, value)
+        return response
+
+    @app.errorhandler(errors.GatewayError)
+    def gateway_error(exc: errors.GatewayError):
+        if exc.status >= 500:
+            log.warning("%s %s -> %s: %s", request.method, request.path, exc.status, exc.message)
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        message = exc.description or exc.name
+        if exc.code == 413:
+            message = (
+                f"the request body is larger than the limit of {settings.max_request_bytes:,} bytes"
+            )
+        response = error_response(exc.code or 500, _http_code(exc), message)
+        if exc.code == 405 and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "internal error; see the gateway log")
+
+    @app.get("/")
+    def index():
+        return app.send_static_file("index.html")
+
+    @app.post("/predict")
+    def predict():
+        parsed = parse_predict_request(request, settings.max_batch, settings.max_image_bytes)
+        answers = gateway.predict(parsed.items)
+        if parsed.batch:
+            return jsonify({"predictions": answers})
+        return jsonify(answers[0])
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz():
+        ready, reason = gateway.readiness()
+        if not ready:
+            return error_response(503, errors.ModelUnavailable.code, reason)
+        return jsonify({"status": "ready", "reason": reason})
+
+    @app.get("/metrics")
+    def metrics():
+        body, content_type = gateway.metrics.exposition()
+        return Response(body, content_type=content_type)
+
+    return app

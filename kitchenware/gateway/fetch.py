@@ -1,0 +1,324 @@
+"""Download an image from a user-supplied URL without becoming a door into the private network.
+
+A naive `requests.get(url)` in a public gateway is a server-side request
+forgery hole: anyone can make it read the cloud metadata service or internal
+admin pages. So, for the first request and for every redirect hop:
+
+1. only http and https are accepted;
+2. the host name is resolved here, and every address it resolves to is vetted
+   (private, loopback, link-local, multicast, reserved, unspecified, shared and
+   cloud-metadata addresses are refused, also when hidden inside IPv6 forms
+   such as IPv4-mapped addresses) - before any connection is made;
+3. the connection goes to the vetted address itself, with the original host
+   name sent as Host header, TLS SNI and certificate name, so a second DNS
+   answer (DNS rebinding) cannot swap the address afterwards.
+
+Downloads are streamed with a byte cap, connect and read timeouts, and one
+overall deadline, so a slow or endless URL cannot hold a worker.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import urllib3
+
+from kitchenware.gateway.errors import FetchFailed, TooLarge, UrlRefused
+
+MAX_REDIRECTS = 3
+CHUNK_BYTES = 64 * 1024
+USER_AGENT = "kitchenware-gateway"
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Instance metadata services answer on these even where they look "public"
+# (Alibaba's sits in shared address space); they are refused in every mode.
+METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean
+        "169.254.170.2",  # AWS ECS task metadata
+        "fd00:ec2::254",  # AWS over IPv6
+        "100.100.100.200",  # Alibaba Cloud
+    )
+)
+METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "instance-data"})
+NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
+
+_PRIVATE_CHECKS = (
+    ("is_unspecified", "an unspecified address"),
+    ("is_loopback", "a loopback address"),
+    ("is_link_local", "a link-local address"),
+    ("is_multicast", "a multicast address"),
+    ("is_private", "a private address"),
+    ("is_reserved", "a reserved address"),
+)
+
+
+def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, 6to4, Teredo, NAT64), if any."""
+    if ip.version != 6:
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if ip in NAT64_PREFIX:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def refusal_reason(ip: IPAddress, allow_private: bool = False) -> str | None:
+    """Why the gateway must not connect to `ip`, or None when it may."""
+    if ip in METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    inner = _embedded_ipv4(ip)
+    if inner is not None:
+        reason = refusal_reason(inner, allow_private)
+        if reason is not None:
+            return f"{reason} (inside {ip})"
+    if allow_private:
+        return None
+    for attribute, reason in _PRIVATE_CHECKS:
+        if getattr(ip, attribute):
+            return reason
+    if not ip.is_global:
+        return "not a public address"
+    return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """One vetted hop: where to connect and what to call the host."""
+
+    url: str
+    scheme: str
+    hostname: str  # for SNI and the certificate check (no brackets)
+    host_header: str
+    port: int
+    path: str  # path + query, as sent in the request line
+    address: str  # the vetted IP we connect to
+
+
+class UrlFetcher:
+    """Fetches image bytes from public http(s) URLs; thread-safe, holds no connections."""
+
+    def __init__(
+        self,
+        timeout: float = 5.0,
+        max_bytes: int = 10 * 1024 * 1024,
+        allow_private: bool = False,
+        allowed_networks: Iterable[str] = (),
+        max_redirects: int = MAX_REDIRECTS,
+    ) -> None:
+        self.timeout = float(timeout)
+        self.max_bytes = int(max_bytes)
+        self.allow_private = bool(allow_private)
+        # Networks an operator trusts despite being private (an internal image store).
+        self.allowed_networks = tuple(ipaddress.ip_network(n) for n in allowed_networks)
+        self.max_redirects = int(max_redirects)
+
+    # -- vetting (no connection is made here) ---------------------------------
+
+    def vet(self, url: str, deadline: float | None = None) -> Target:
+        """Parse, resolve and vet `url`; raises UrlRefused (or FetchFailed if unresolvable)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
+        if not isinstance(url, str) or not url.strip():
+            raise UrlRefused("the URL is empty")
+        url = url.strip()
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise UrlRefused(f"not a valid URL: {exc}") from None
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            shown = f"{scheme}://" if scheme else "a URL without a scheme"
+            raise UrlRefused(f"only http:// and https:// URLs are accepted, not {shown}")
+        hostname = (parts.hostname or "").rstrip(".")
+        if not hostname:
+            raise UrlRefused("the URL has no host name")
+        try:
+            ascii_host = hostname.encode("idna").decode("ascii").lower()
+        except UnicodeError:
+            raise UrlRefused(f"invalid host name {hostname!r}") from None
+        if ascii_host in METADATA_HOSTS:
+            raise UrlRefused(f"{hostname} is a cloud metadata service")
+        port = port or (443 if scheme == "https" else 80)
+        addresses = self._resolve(ascii_host, port, deadline)
+        for ip in addresses:
+            reason = self._refusal(ip)
+            if reason is not None:
+                literal = len(addresses) == 1 and _is_ip_literal(ascii_host)
+                shown = hostname if literal else f"{hostname} resolves to {ip}, which"
+                raise UrlRefused(f"{shown} is {reason}; refusing to fetch it")
+        default_port = 443 if scheme == "https" else 80
+        bracketed = f"[{ascii_host}]" if ":" in ascii_host else ascii_host
+        host_header = bracketed if port == default_port else f"{bracketed}:{port}"
+        path = parts.path or "/"
+        if parts.query:
+            path = f"{path}?{parts.query}"
+        return Target(url, scheme, ascii_host, host_header, port, path, str(addresses[0]))
+
+    def _refusal(self, ip: IPAddress) -> str | None:
+        if ip not in METADATA_ADDRESSES and any(ip in net for net in self.allowed_networks):
+            return None
+        return refusal_reason(ip, self.allow_private)
+
+    def _resolve(self, host: str, port: int, deadline: float) -> list[IPAddress]:
+        try:
+            return [ipaddress.ip_address(host)]
+        except ValueError:
+            pass
+        result: dict[str, object] = {}
+
+        def lookup() -> None:
+            try:
+                result["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError) as exc:
+                result["error"] = exc
+
+        # getaddrinfo has no timeout of its own: run it where we can stop waiting.
+        worker = threading.Thread(target=lookup, name=f"resolve {host}", daemon=True)
+        worker.start()
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            raise FetchFailed(f"resolving {host} took longer than {self.timeout:g} s")
+        if "error" in result:
+            raise FetchFailed(f"cannot resolve host {host}: {result['error']}")
+        addresses = []
+        for _family, _type, _proto, _canon, sockaddr in result["infos"]:
+            ip = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
+            if ip not in addresses:
+                addresses.append(ip)
+        if not addresses:
+            raise FetchFailed(f"host {host} has no addresses")
+        return addresses
+
+    # -- fetching ---------------------------------------------------------------
+
+    def fetch(self, url: str) -> bytes:
+        """The body of `url` after at most `max_redirects` vetted redirects."""
+        deadline = time.monotonic() + self.timeout
+        current = url
+        for hop in range(self.max_redirects + 1):
+            target = self.vet(current, deadline)
+            location = self._get(target, deadline)
+            if isinstance(location, bytes):
+                return location
+            if hop == self.max_redirects:
+                break
+            current = urljoin(target.url, location)
+        raise FetchFailed(f"{url} redirects more than {self.max_redirects} times")
+
+    def _get(self, target: Target, deadline: float) -> bytes | str:
+        """Body bytes, or the Location of a redirect."""
+        remaining = self._remaining(deadline, target)
+        options = {"port": target.port, "maxsize": 1, "retries": False}
+        if target.scheme == "https":
+            pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
+                target.address,
+                server_hostname=target.hostname,
+                assert_hostname=target.hostname,
+                cert_reqs="CERT_REQUIRED",
+                ca_certs=_ca_bundle(),
+                **options,
+            )
+        else:
+            pool = urllib3.HTTPConnectionPool(target.address, **options)
+        headers = {
+            "Host": target.host_header,
+            "User-Agent": USER_AGENT,
+            "Accept": "image/*, */*;q=0.5",
+            "Accept-Encoding": "identity",
+        }
+        try:
+            response = pool.urlopen(
+                "GET",
+                target.path,
+                headers=headers,
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                assert_same_host=False,
+                timeout=urllib3.Timeout(connect=remaining, read=remaining),
+            )
+            try:
+                if response.status in REDIRECT_STATUSES:
+                    location = response.headers.get("Location")
+                    if not location:
+                        raise FetchFailed(f"{target.url} redirects without a Location")
+                    return location
+                if response.status != 200:
+                    raise FetchFailed(f"{target.url} answered HTTP {response.status}")
+                return self._read_body(response, target, deadline)
+            finally:
+                response.release_conn()
+        except urllib3.exceptions.TimeoutError:
+            raise FetchFailed(
+                f"fetching {target.url} took longer than {self.timeout:g} s"
+            ) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise FetchFailed(f"cannot fetch {target.url}: {_short(exc)}") from None
+        finally:
+            pool.close()
+
+    def _read_body(self, response, target: Target, deadline: float) -> bytes:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise TooLarge(
+                f"{target.url} is {int(declared):,} bytes; the limit is {self.max_bytes:,}"
+            )
+        body = bytearray()
+        while True:
+            remaining = self._remaining(deadline, target)
+            sock = getattr(getattr(response, "connection", None), "sock", None)
+            if sock is not None:  # each read also ends at the overall deadline
+                sock.settimeout(remaining)
+            chunk = response.read1(CHUNK_BYTES, decode_content=False)
+            if not chunk:
+                return bytes(body)
+            body += chunk
+            if len(body) > self.max_bytes:
+                raise TooLarge(f"{target.url} is larger than the limit of {self.max_bytes:,} bytes")
+
+    def _remaining(self, deadline: float, target: Target) -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise FetchFailed(f"fetching {target.url} took longer than {self.timeout:g} s")
+        return remaining
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _ca_bundle() -> str | None:
+    try:
+        import certifi
+    except ImportError:  # urllib3 then uses the system's trust store
+        return None
+    return certifi.where()
+
+
+def _short(exc: BaseException) -> str:
+    """The innermost reason of a urllib3 error, without the pool's object reprs."""
+    reason = getattr(exc, "reason", None) or exc
+    text = str(reason)
+    if ": " in text and "object at 0x" in text:
+        text = text.split(": ", 1)[1]
+    return text or type(exc).__name__

@@ -1,0 +1,98 @@
+// Kitchenware web page: send a photo (upload or URL) to POST /predict, show the top 3.
+"use strict";
+
+const TOP = 3;
+const $ = (id) => document.getElementById(id);
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+function busy(on) {
+  document.querySelectorAll("button, input").forEach((el) => { el.disabled = on; });
+}
+
+function showPreview(src) {
+  const img = $("preview");
+  img.src = src;
+  img.alt = "the photo being classified";
+  img.hidden = false;
+}
+
+function showResult(answer) {
+  const ranked = Object.entries(answer.probabilities).sort((a, b) => b[1] - a[1]).slice(0, TOP);
+  $("label").textContent = answer.label;
+  const bars = $("bars");
+  bars.replaceChildren();
+  for (const [name, p] of ranked) {
+    const li = document.createElement("li");
+    li.className = "class-row";
+    const label = document.createElement("span");
+    label.className = "name";
+    label.textContent = name;
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    fill.style.width = `${(p * 100).toFixed(1)}%`;
+    bar.append(fill);
+    const pct = document.createElement("span");
+    pct.className = "pct";
+    pct.textContent = `${(p * 100).toFixed(1)}%`;
+    li.append(label, bar, pct);
+    bars.append(li);
+  }
+  $("model").textContent = `model ${answer.model.name}, version ${answer.model.version}`;
+  $("result").hidden = false;
+}
+
+async function classify(body, headers = {}) {
+  busy(true);
+  setStatus("Classifying…");
+  try {
+    const response = await fetch("/predict", { method: "POST", body, headers });
+    let answer;
+    try {
+      answer = await response.json();
+    } catch (_) {
+      throw new Error(`the gateway answered HTTP ${response.status}`);
+    }
+    if (!response.ok) {
+      throw new Error(answer.error ? answer.error.message : `HTTP ${response.status}`);
+    }
+    showResult(answer);
+    setStatus("");
+  } catch (err) {
+    $("result").hidden = true;
+    setStatus(`Could not classify: ${err.message}`, true);
+  } finally {
+    busy(false);
+  }
+}
+
+function classifyFile(file) {
+  if (!file) return;
+  showPreview(URL.createObjectURL(file));
+  const form = new FormData();
+  form.append("file", file, file.name);
+  classify(form);
+}
+
+$("file").addEventListener("change", (event) => classifyFile(event.target.files[0]));
+
+const drop = $("drop");
+for (const type of ["dragenter", "dragover"]) {
+  drop.addEventListener(type, (event) => { event.preventDefault(); drop.classList.add("over"); });
+}
+for (const type of ["dragleave", "drop"]) {
+  drop.addEventListener(type, (event) => { event.preventDefault(); drop.classList.remove("over"); });
+}
+drop.addEventListener("drop", (event) => classifyFile(event.dataTransfer.files[0]));
+
+$("url-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const url = $("url").value.trim();
+  if (!url) return;
+  showPreview(url);
+  classify(JSON.stringify({ url }), { "Content-Type": "application/json" });
+});
