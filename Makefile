@@ -73,3 +73,133 @@ lock:
 
 clean:
 	rm -rf $(VENV) $(GW_VENV) .pytest_cache .ruff_cache $(DEMO_DIR)
+
+# ===========================================================================
+# Deployment (docu/deploy.md): docker-compose, kind, AWS EKS.
+# Every target first checks for the tools it needs (need-*) and stops with a
+# clear message when one is missing. The artefacts themselves are validated
+# offline by tests/test_deploy.py (part of `make test`).
+# ===========================================================================
+MODEL_VERSION ?= 1
+IMAGE_TAG ?= $(MODEL_VERSION)
+MODEL_IMAGE := kitchenware-model
+GATEWAY_IMAGE := kitchenware-gateway
+KIND_CLUSTER := kitchenware
+KIND_CONTEXT := kind-$(KIND_CLUSTER)
+KIND_URL := http://localhost:8080
+COMPOSE_URL := http://localhost:9696
+K8S_NAMESPACE := kitchenware
+METRICS_SERVER := https://github.com/kubernetes-sigs/metrics-server/releases/download/v0.7.2/components.yaml
+AWS_REGION ?= $(shell sed -n 's/^  region: *//p' eks-config.yaml)
+# Evaluated only by the targets that use them (after need-aws).
+AWS_ACCOUNT_ID = $(shell aws sts get-caller-identity --query Account --output text 2>/dev/null)
+ECR_REGISTRY = $(AWS_ACCOUNT_ID).dkr.ecr.$(AWS_REGION).amazonaws.com
+# Docker Compose v2 plugin when present, else the standalone docker-compose.
+COMPOSE = $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# Photos for the smoke tests; by default a few synthetic drawings.
+TEST_IMAGES ?=
+DEPLOY_SAMPLE := build/deploy-sample
+
+.PHONY: need-docker need-compose need-kind need-kubectl need-eksctl need-aws model-check \
+	images compose-up compose-down compose-test kind-up kind-load kind-deploy kind-test \
+	kind-down ecr-push eks-up eks-deploy eks-test eks-down diagram smoke-images
+
+need-docker:
+	@command -v docker >/dev/null 2>&1 || { echo "make $(MAKECMDGOALS): docker is not installed (https://docs.docker.com/get-docker/)" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "make $(MAKECMDGOALS): docker is installed but its daemon is not reachable (is it running? may you use it?)" >&2; exit 1; }
+need-compose: need-docker
+	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 || { echo "make $(MAKECMDGOALS): neither 'docker compose' nor docker-compose is installed" >&2; exit 1; }
+need-kind:
+	@command -v kind >/dev/null 2>&1 || { echo "make $(MAKECMDGOALS): kind is not installed (https://kind.sigs.k8s.io/docs/user/quick-start/#installation)" >&2; exit 1; }
+need-kubectl:
+	@command -v kubectl >/dev/null 2>&1 || { echo "make $(MAKECMDGOALS): kubectl is not installed (https://kubernetes.io/docs/tasks/tools/)" >&2; exit 1; }
+need-eksctl:
+	@command -v eksctl >/dev/null 2>&1 || { echo "make $(MAKECMDGOALS): eksctl is not installed (https://eksctl.io/installation/)" >&2; exit 1; }
+need-aws:
+	@command -v aws >/dev/null 2>&1 || { echo "make $(MAKECMDGOALS): the AWS CLI (aws) is not installed (https://aws.amazon.com/cli/)" >&2; exit 1; }
+	@aws sts get-caller-identity >/dev/null 2>&1 || { echo "make $(MAKECMDGOALS): aws has no working credentials (run 'aws configure' or set AWS_PROFILE)" >&2; exit 1; }
+
+model-check:
+	@test -f models/kitchenware/$(MODEL_VERSION)/saved_model.pb || { echo "make $(MAKECMDGOALS): no exported model in models/kitchenware/$(MODEL_VERSION)/; run: kitchenware export --model runs/latest/best.keras --out models/kitchenware --version $(MODEL_VERSION)" >&2; exit 1; }
+
+# Both images, tagged IMAGE_TAG (default: the model version).
+images: need-docker model-check
+	docker build -f image-model.dockerfile --build-arg MODEL_VERSION=$(MODEL_VERSION) -t $(MODEL_IMAGE):$(IMAGE_TAG) .
+	docker build -f image-gateway.dockerfile --build-arg TFS_API=$(TFS_API) -t $(GATEWAY_IMAGE):$(IMAGE_TAG) .
+
+# Synthetic photos for the smoke tests, drawn with the TensorFlow-free gateway venv.
+smoke-images: gateway-venv
+	@test -n "$(TEST_IMAGES)" || test -d $(DEPLOY_SAMPLE) || $(GW_VENV)/bin/kitchenware sample-data $(DEPLOY_SAMPLE) --per-class 1 --test-per-class 1 >/dev/null
+SMOKE_IMAGES = $(or $(TEST_IMAGES),$(shell ls $(DEPLOY_SAMPLE)/images/* 2>/dev/null | head -n 3))
+
+compose-up: need-compose model-check gateway-venv
+	MODEL_VERSION=$(MODEL_VERSION) IMAGE_TAG=$(IMAGE_TAG) $(COMPOSE) -f docker-compose.yaml up -d --build
+	$(GW_VENV)/bin/python scripts/wait_ready.py $(COMPOSE_URL) --timeout 300
+
+compose-test: gateway-venv smoke-images
+	$(GW_VENV)/bin/python scripts/wait_ready.py $(COMPOSE_URL) --timeout 60
+	$(GW_VENV)/bin/python test.py --gateway $(COMPOSE_URL) $(SMOKE_IMAGES)
+
+compose-down: need-compose
+	$(COMPOSE) -f docker-compose.yaml down
+
+kind-up: need-docker need-kind need-kubectl
+	kind create cluster --config kube-config/kind-config.yaml
+	# metrics-server feeds the HorizontalPodAutoscalers; kind's kubelets use self-signed certificates.
+	kubectl --context $(KIND_CONTEXT) apply -f $(METRICS_SERVER)
+	kubectl --context $(KIND_CONTEXT) -n kube-system patch deployment metrics-server --type=json \
+	  -p '[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--kubelet-insecure-tls"}]'
+
+kind-load: need-kind images
+	kind load docker-image $(MODEL_IMAGE):$(IMAGE_TAG) $(GATEWAY_IMAGE):$(IMAGE_TAG) --name $(KIND_CLUSTER)
+
+kind-deploy: need-kubectl
+	set -o pipefail; kubectl kustomize kube-config/overlays/kind \
+	  | sed -e 's|:IMAGE_TAG$$|:$(IMAGE_TAG)|' \
+	  | kubectl --context $(KIND_CONTEXT) apply -f -
+	kubectl --context $(KIND_CONTEXT) -n $(K8S_NAMESPACE) rollout status deployment/model --timeout=300s
+	kubectl --context $(KIND_CONTEXT) -n $(K8S_NAMESPACE) rollout status deployment/gateway --timeout=180s
+
+kind-test: gateway-venv smoke-images
+	$(GW_VENV)/bin/python scripts/wait_ready.py $(KIND_URL) --timeout 120
+	$(GW_VENV)/bin/python test.py --gateway $(KIND_URL) $(SMOKE_IMAGES)
+
+kind-down: need-kind
+	kind delete cluster --name $(KIND_CLUSTER)
+
+# COSTS MONEY from here on: see docu/deploy.md, and finish with `make eks-down`.
+ecr-push: need-aws need-docker images
+	@for repo in $(MODEL_IMAGE) $(GATEWAY_IMAGE); do \
+	  aws ecr describe-repositories --region $(AWS_REGION) --repository-names $$repo >/dev/null 2>&1 \
+	  || aws ecr create-repository --region $(AWS_REGION) --repository-name $$repo >/dev/null || exit 1; \
+	done
+	aws ecr get-login-password --region $(AWS_REGION) | docker login --username AWS --password-stdin $(ECR_REGISTRY)
+	for image in $(MODEL_IMAGE) $(GATEWAY_IMAGE); do \
+	  docker tag $$image:$(IMAGE_TAG) $(ECR_REGISTRY)/$$image:$(IMAGE_TAG) \
+	  && docker push $(ECR_REGISTRY)/$$image:$(IMAGE_TAG) || exit 1; \
+	done
+
+eks-up: need-eksctl need-aws
+	eksctl create cluster -f eks-config.yaml
+
+eks-deploy: need-kubectl need-aws
+	set -o pipefail; kubectl kustomize kube-config/overlays/eks \
+	  | sed -e 's|ECR_REGISTRY/|$(ECR_REGISTRY)/|' -e 's|:IMAGE_TAG$$|:$(IMAGE_TAG)|' \
+	  | kubectl apply -f -
+	kubectl -n $(K8S_NAMESPACE) rollout status deployment/model --timeout=600s
+	kubectl -n $(K8S_NAMESPACE) rollout status deployment/gateway --timeout=300s
+
+eks-test: need-kubectl gateway-venv smoke-images
+	@host=$$(kubectl -n $(K8S_NAMESPACE) get service gateway -o jsonpath='{.status.loadBalancer.ingress[0].hostname}'); \
+	test -n "$$host" || { echo "make eks-test: the gateway Service has no load balancer address yet (kubectl -n $(K8S_NAMESPACE) get service gateway)" >&2; exit 1; }; \
+	$(GW_VENV)/bin/python scripts/wait_ready.py http://$$host --timeout 600 \
+	&& $(GW_VENV)/bin/python test.py --gateway http://$$host $(SMOKE_IMAGES)
+
+# Deletes the namespace first so the AWS load balancer goes before the VPC.
+eks-down: need-eksctl need-kubectl
+	kubectl delete namespace $(K8S_NAMESPACE) --ignore-not-found --wait=true
+	eksctl delete cluster -f eks-config.yaml --wait
+
+# docu/architecture.png from its source, docu/architecture.py.
+diagram: venv
+	$(BIN)/python docu/architecture.py docu/architecture.png
