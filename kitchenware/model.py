@@ -151,17 +151,16 @@ def image_size_of(model) -> int:
 
 
 def inference_model(model):
-    """The same layers and weights without the augmentation block.
+    """The same layers and weights without the augmentation block or optimizer.
 
     Augmentation is a no-op at inference anyway, but its random-seed state is
     not exportable to a SavedModel; our models are a simple chain of layers,
-    so rebuilding the chain without that block is exact.
+    so rebuilding the chain without that block is exact. The rebuilt model
+    carries no optimizer, so an export does not store Adam's slot variables
+    (which would triple its size).
     """
     import keras
 
-    names = [layer.name for layer in model.layers]
-    if "augmentation" not in names:
-        return model
     inputs = keras.Input(shape=model.input_shape[1:], dtype=model.input.dtype, name="image")
     x = inputs
     for layer in model.layers[1:]:

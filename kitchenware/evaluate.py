@@ -1,0 +1,187 @@
+"""Evaluate a trained model on a clean (never augmented) prep split.
+
+Writes report.json (accuracy, per-class precision/recall/F1/support, the
+confusion matrix and every misclassified file), confusion_matrix.png and
+misclassified.png (a grid of wrong predictions with true and predicted labels).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kitchenware.data import list_split, make_dataset
+from kitchenware.errors import KitchenwareError
+from kitchenware.labels import CLASSES
+
+MAX_GRID = 36
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int = len(CLASSES)) -> np.ndarray:
+    """matrix[true, predicted] = count."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return matrix
+
+
+def per_class_metrics(matrix: np.ndarray, classes=CLASSES) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support per class; 0.0 where a ratio is undefined."""
+    tp = np.diag(matrix).astype(np.float64)
+    predicted = matrix.sum(axis=0).astype(np.float64)
+    actual = matrix.sum(axis=1).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(actual > 0, tp / actual, 0.0)
+        denom = precision + recall
+        f1 = np.where(denom > 0, 2 * precision * recall / denom, 0.0)
+    return {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(actual[i]),
+        }
+        for i, name in enumerate(classes)
+    }
+
+
+def predict_split(model, split, size: int, batch_size: int = 32) -> np.ndarray:
+    """Logits for every image of `split`, in `split.paths` order, inference mode."""
+    import tensorflow as tf
+
+    ds = make_dataset(split, size, batch_size, shuffle=False, cache=False)
+    outputs = [model(images, training=False) for images, _ in ds]
+    return tf.concat(outputs, axis=0).numpy() if outputs else np.zeros((0, len(CLASSES)))
+
+
+def plot_confusion(matrix: np.ndarray, path: Path, classes=CLASSES) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(
+            j,
+            i,
+            str(count),
+            ha="center",
+            va="center",
+            color="white" if count > threshold else "black",
+        )
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_misclassified(items: list[dict], path: Path, size: int) -> None:
+    """Grid of up to MAX_GRID wrong predictions, titled 'true -> predicted'."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kitchenware.images import load_image
+
+    shown = items[:MAX_GRID]
+    cols = max(1, min(6, len(shown)))
+    rows = max(1, -(-len(shown) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, item in zip(axes.flat, shown, strict=False):
+        ax.imshow(load_image(item["path"], size=size))
+        ax.set_title(f"{item['true']} -> {item['predicted']}\n{item['confidence']:.2f}", fontsize=8)
+    if not shown:
+        axes[0, 0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate(model_path, data, split: str = "val", out=None, batch_size: int = 32) -> dict:
+    """Evaluate and write the report files; returns the report dict."""
+    split_files = list_split(data, split, require_all_classes=False)
+    from kitchenware.export import load_keras_model
+    from kitchenware.model import image_size_of
+
+    model = load_keras_model(model_path)
+    size = image_size_of(model)
+    logits = predict_split(model, split_files, size, batch_size)
+    probabilities = _softmax(logits)
+    y_true = np.asarray(split_files.labels)
+    y_pred = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(y_true, y_pred)
+    wrong = [
+        {
+            "path": split_files.paths[i],
+            "true": CLASSES[y_true[i]],
+            "predicted": CLASSES[y_pred[i]],
+            "confidence": float(probabilities[i, y_pred[i]]),
+        }
+        for i in np.flatnonzero(y_true != y_pred)
+    ]
+    report = {
+        "model": str(model_path),
+        "data": str(data),
+        "split": split,
+        "images": int(len(y_true)),
+        "accuracy": float((y_true == y_pred).mean()),
+        "classes": list(CLASSES),
+        "per_class": per_class_metrics(matrix),
+        "confusion_matrix": matrix.tolist(),
+        "misclassified": wrong,
+    }
+    out_dir = Path(out) if out else Path(model_path).parent / f"eval-{split}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_confusion(matrix, out_dir / "confusion_matrix.png")
+    plot_misclassified(
+        sorted(wrong, key=lambda w: -w["confidence"]), out_dir / "misclassified.png", size
+    )
+    report["out"] = str(out_dir)
+    return report
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def format_report(report: dict) -> str:
+    lines = [
+        f"{report['split']}: {report['images']} images, accuracy {report['accuracy']:.4f}",
+        f"{'class':<8} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}",
+    ]
+    for name, m in report["per_class"].items():
+        lines.append(
+            f"{name:<8} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} {m['support']:>8}"
+        )
+    lines.append(f"written to {report['out']}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", default="runs/latest/best.keras", help="trained .keras file")
+    parser.add_argument("--data", required=True, help="output folder of `kitchenware prep`")
+    parser.add_argument("--split", default="val", help="labelled split to evaluate (val or train)")
+    parser.add_argument("--out", default=None, help="report folder (default: next to the model)")
+    parser.add_argument("--batch-size", type=int, default=32)
+
+
+def run(args) -> int:
+    if args.batch_size < 1:
+        raise KitchenwareError("--batch-size must be at least 1")
+    print(format_report(evaluate(args.model, args.data, args.split, args.out, args.batch_size)))
+    return 0
