@@ -64,7 +64,7 @@ class ModelContractError(ModelServerError):
 
 
 def _error_from_rpc(
-    exc: grpc.RpcError, what: str, disconnected: bool = False
+    exc: grpc.RpcError, what: str, disconnected: bool = False, latest: bool = True
 ) -> ModelServerError:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
@@ -73,7 +73,8 @@ def _error_from_rpc(
         # The deadline ran out while gRPC was still retrying a connection that
         # kept failing: the server is unreachable, not slow.
         return ModelUnavailable(f"{message} (cannot connect to the model server)", code)
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == grpc.StatusCode.UNAVAILABLE or (code == grpc.StatusCode.NOT_FOUND and latest):
+        # Official TF Serving answers NOT_FOUND for Latest(model) until a version is loaded.
         return ModelUnavailable(message, code)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return ModelTimeout(message, code)
@@ -244,9 +245,9 @@ class ServingClient:
     def _on_connectivity(self, state: grpc.ChannelConnectivity) -> None:
         self._connectivity = state
 
-    def _error(self, exc: grpc.RpcError, what: str) -> ModelServerError:
+    def _error(self, exc: grpc.RpcError, what: str, latest: bool = True) -> ModelServerError:
         disconnected = self._connectivity == grpc.ChannelConnectivity.TRANSIENT_FAILURE
-        return _error_from_rpc(exc, what, disconnected)
+        return _error_from_rpc(exc, what, disconnected, latest)
 
     # -- metadata ---------------------------------------------------------
     def metadata(self, refresh: bool = False, timeout: float | None = None) -> ModelMetadata:
@@ -304,7 +305,7 @@ class ServingClient:
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
                 self._forget_metadata()  # the model may have changed under us
-            raise self._error(exc, f"Predict({self.model_name})") from None
+            raise self._error(exc, f"Predict({self.model_name})", version is None) from None
         return self._prediction(response, meta, len(images))
 
     def _prediction(self, response, meta: ModelMetadata, count: int) -> Prediction:

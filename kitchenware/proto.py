@@ -57,6 +57,15 @@ def dtype_name(enum: int) -> str:
         return f"DataType({enum})"
 
 
+def numpy_dtype(enum: int) -> np.dtype:
+    """The numpy dtype `to_numpy` returns for a DataType enum (object for strings)."""
+    if enum == types_pb2.DT_STRING:
+        return np.dtype(object)
+    if enum in _BY_ENUM:
+        return _BY_ENUM[enum][0]
+    raise ProtoError(f"unsupported tensor dtype {dtype_name(enum)}")
+
+
 def _is_string_array(array: np.ndarray) -> bool:
     return array.dtype.kind in ("S", "U", "O")
 
