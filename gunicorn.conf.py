@@ -42,6 +42,9 @@ keepalive = 5
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+# gunicorn >= 24 opens a control socket at one fixed path per user; several gateways
+# (tests, benchmarks) on one machine would fight over it, and we do not use it.
+control_socket_disable = True
 # Workers import the app after the fork: gRPC channels must not cross a fork.
 preload_app = False
 

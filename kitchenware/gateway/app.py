@@ -23,7 +23,7 @@ from kitchenware.gateway.config import Settings
 from kitchenware.gateway.fetch import UrlFetcher
 from kitchenware.gateway.inputs import ImageInput, parse_predict_request
 from kitchenware.gateway.metrics import GatewayMetrics
-from kitchenware.images import load_image
+from kitchenware.images import image_size, load_image
 
 log = logging.getLogger("kitchenware.gateway")
 
@@ -107,6 +107,7 @@ class Gateway:
 
     def predict(self, items: list[ImageInput]) -> list[dict]:
         raw = self.download(items)  # URLs are vetted before the model server is asked anything
+        self.check_headers(items, raw)  # so is every image's format and pixel count
         size = self.image_size()
         pixels = self.decode(items, raw, size)
         try:
@@ -143,6 +144,19 @@ class Gateway:
             return [get(item) for item in items]
         with ThreadPoolExecutor(min(urls, MAX_PARALLEL_DOWNLOADS)) as pool:
             return list(pool.map(get, items))
+
+    def check_headers(self, items: list[ImageInput], raw: list[bytes]) -> None:
+        """Refuse non-images and decompression bombs from their headers alone."""
+        for item, data in zip(items, raw, strict=True):
+            try:
+                width, height = image_size(data)
+            except ImageError as exc:
+                raise errors.NotAnImage(f"{item.label} is not a decodable image: {exc}") from None
+            if width * height > self.settings.max_image_pixels:
+                raise errors.TooLarge(
+                    f"{item.label}: image is {width}x{height} = {width * height:,} pixels; "
+                    f"the limit is {self.settings.max_image_pixels:,}"
+                )
 
     def decode(self, items: list[ImageInput], raw: list[bytes], size: int) -> np.ndarray:
         pixels = []

@@ -264,6 +264,8 @@ class UrlFetcher:
                 return self._read_body(response, target, deadline)
             finally:
                 response.release_conn()
+        except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError subclass
+            raise FetchFailed(f"cannot fetch {target.url}: {_short(exc)}") from None
         except urllib3.exceptions.TimeoutError:
             raise FetchFailed(
                 f"fetching {target.url} took longer than {self.timeout:g} s"
@@ -319,6 +321,8 @@ def _short(exc: BaseException) -> str:
     """The innermost reason of a urllib3 error, without the pool's object reprs."""
     reason = getattr(exc, "reason", None) or exc
     text = str(reason)
-    if ": " in text and "object at 0x" in text:
+    if text.startswith("HTTP") and "): " in text:  # "HTTPConnection(host=..., port=...): why"
+        text = text.split("): ", 1)[1]
+    elif ": " in text and "object at 0x" in text:
         text = text.split(": ", 1)[1]
     return text or type(exc).__name__
