@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -327,9 +328,28 @@ def prepare(
     workers: int = 1,
     force: bool = False,
     copy: bool = False,
-    progress: bool = False,
+    progress: bool | Callable[[Iterable], Iterable] = False,
 ) -> Plan:
-    """The whole step; returns the plan (report included) after OUT is in place."""
+    """The whole step; returns the plan (report included) after OUT is in place.
+
+    `progress`: True for a tqdm bar, or a callable wrapping the iterator of
+    fingerprints. SIGTERM is turned into KeyboardInterrupt while this runs (in
+    the main thread), so `kill` cleans up exactly like Ctrl-C.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM)
+    if main_thread:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return _prepare(
+            data, out, val_frac, seed, near_dup_distance, workers, force, copy, progress
+        )
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _prepare(data, out, val_frac, seed, near_dup_distance, workers, force, copy, progress) -> Plan:
     if not 0.0 <= val_frac < 1.0:
         raise KitchenwareError(f"--val-frac must be in [0, 1), got {val_frac}")
     if not -1 <= near_dup_distance <= HASH_BITS:
@@ -340,8 +360,8 @@ def prepare(
     _check_out(data, out, force)
     layout = read_layout(data)
     todo = [e for e in layout.entries if not e.problem]
-    wrap = None
-    if progress:
+    wrap = progress if callable(progress) else None
+    if progress is True:
         from tqdm import tqdm
 
         def wrap(it):
@@ -370,24 +390,16 @@ def prepare(
 
 
 def run(args) -> int:
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGTERM)
-    if main_thread:
-        signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
-    try:
-        plan = prepare(
-            args.data,
-            args.out,
-            val_frac=args.val_frac,
-            seed=args.seed,
-            near_dup_distance=args.near_dup_distance,
-            workers=args.workers,
-            force=args.force,
-            copy=args.copy,
-            progress=not args.no_progress,
-        )
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+    plan = prepare(
+        args.data,
+        args.out,
+        val_frac=args.val_frac,
+        seed=args.seed,
+        near_dup_distance=args.near_dup_distance,
+        workers=args.workers,
+        force=args.force,
+        copy=args.copy,
+        progress=not args.no_progress,
+    )
     print(summary(plan, args.data, args.out))
     return 0
