@@ -21,7 +21,11 @@ from kitchenware.gateway.config import ConfigError, Settings
 
 def test_defaults_match_the_documented_values():
     s = Settings.from_env({})
-    assert (s.tf_serving_host, s.model_name, s.grpc_timeout) == ("localhost:8500", "kitchenware", 10.0)
+    assert (s.tf_serving_host, s.model_name, s.grpc_timeout) == (
+        "localhost:8500",
+        "kitchenware",
+        10.0,
+    )
     assert s.max_image_bytes == 10_485_760 and s.max_image_pixels == 40_000_000
     assert (s.url_fetch_timeout, s.allow_private_urls, s.max_batch) == (5.0, False, 32)
 
@@ -129,7 +133,9 @@ def test_malformed_requests_are_400(client, kwargs, fragment):
 
 def test_too_large_inputs_are_413(client):
     big = b"\xff" * 60_000
-    _error(client.post("/predict", json={"image": base64.b64encode(big).decode()}), 413, "too_large")
+    _error(
+        client.post("/predict", json={"image": base64.b64encode(big).decode()}), 413, "too_large"
+    )
     _error(client.post("/predict", data={"file": (io.BytesIO(big), "a.jpg")}), 413, "too_large")
     message = _error(client.post("/predict", data=b"\0" * 300_000, content_type="image/jpeg"),
                      413, "too_large")  # fmt: skip
