@@ -315,3 +315,50 @@ def test_hung_model_server_is_a_504_at_the_deadline(stack, photos):
         assert post(quick.url, files={"file": ("a.jpg", photo)}).status_code == 200
     finally:
         quick.stop()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.mark.browser
+def test_web_page_in_headless_chromium(stack, photos):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium not installed at /usr/bin/chromium (make test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    photo = photos[3]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
+            external = []
+            page.on("request", lambda r: None if r.url.startswith(stack["gw"]) or
+                    r.url.startswith(("blob:", "data:")) else external.append(r.url))  # fmt: skip
+            page.goto(stack["gw"] + "/")
+            page.set_input_files("#file", str(photo))
+            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+            label = page.text_content("#label")
+            assert label in ("cup", "fork", "glass", "knife", "plate", "spoon")
+            rows = page.locator("#bars li")
+            assert rows.count() == 3
+            widths = [float(w.rstrip("%")) for w in
+                      page.eval_on_selector_all("#bars .bar span", "els => els.map(e => e.style.width)")]  # fmt: skip
+            assert widths == sorted(widths, reverse=True) and widths[0] > 0
+            assert page.text_content("#bars li .name") == label
+            assert "version 1" in page.text_content("#model")
+            assert page.is_visible("#preview")
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+            shot = REPO / "docu" / "images" / "web.png"
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
+            # A refused URL shows the gateway's message instead of a result.
+            page.fill("#url", "http://10.0.0.1/cup.jpg")
+            page.click("#url-form button")
+            page.wait_for_selector("#status.error", timeout=30_000)
+            assert "private address" in page.text_content("#status")
+            assert page.is_hidden("#result")
+            assert [u for u in external if "10.0.0.1" not in u] == []
+        finally:
+            browser.close()
