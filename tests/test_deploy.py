@@ -795,3 +795,14 @@ def test_tool_check_passes_once_the_tool_is_there(tmp_path):
     assert run_make("need-kind", str(tmp_path)).returncode == 0
     fake.unlink()
     assert run_make("need-kind", str(tmp_path)).returncode != 0
+
+
+def test_architecture_diagram_renders_from_its_source(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "architecture.png"
+    runpy.run_path(str(REPO / "docu" / "architecture.py"))["draw"](out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (REPO / "docu" / "architecture.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    guide = (REPO / "docu" / "deploy.md").read_text()
+    assert "](architecture.png)" in guide and "make eks-down" in guide
+    assert "docu/deploy.md" in (REPO / "README.md").read_text()
