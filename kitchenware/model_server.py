@@ -119,14 +119,16 @@ class StatsWriter:
         self.path = Path(path) if path else None
         self._collect = collect
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread = None
 
     def write(self) -> None:
         if self.path is None:
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self._collect(), indent=2, sort_keys=True))
-        os.replace(tmp, self.path)
+        with self._lock:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self._collect(), indent=2, sort_keys=True))
+            os.replace(tmp, self.path)
 
     def start(self, changed: threading.Event) -> None:
         if self.path is None:

@@ -278,6 +278,8 @@ class VersionManager:
                     sorted(current) or "nothing",
                     reason,
                 )
+                if self._on_change:
+                    self._on_change()  # status reports now carry the reason
                 continue
             with self._lock:
                 self._failures.pop(version, None)
