@@ -51,16 +51,65 @@ def prep_summary(demo: Path) -> None:
 STEPS: list[Callable[[Path], None]] = [sample_data, prep, prep_summary]
 
 
+# -- serving (issue 4): runs after every build step in STEPS --------------------------
+
+
+def model_base(demo: Path) -> Path:
+    """Where the demo's export step writes SavedModel versions (TF Serving layout)."""
+    return demo / "models" / "kitchenware"
+
+
+def serve_and_classify(demo: Path) -> None:
+    """Model server + gunicorn gateway in the background, `test.py` on a few images, stop."""
+    from serve import ServingStack, free_port
+
+    from kitchenware.export import versions
+
+    base = model_base(demo)
+    if not versions(base):
+        raise SystemExit(f"demo: no exported model under {base}; the export step must write there")
+    photos = sorted((demo / "data" / "images").glob("*.jpg"))[:4]
+    if not photos:
+        raise SystemExit(f"demo: no images under {demo / 'data' / 'images'}")
+    log = demo / "serve.log"
+    log.unlink(missing_ok=True)
+    with ServingStack(base, port=free_port(), grpc_port=free_port(), log_file=log) as stack:
+        print(f"model server + gateway starting (logs: {log}) ...", flush=True)
+        stack.wait_ready()
+        print(f"gateway ready at {stack.url}/ serving {base} (versions {versions(base)})")
+        _run_classify([str(p) for p in photos] + ["--gateway", stack.url])
+    print("model server and gateway stopped")
+
+
+def _run_classify(argv: list[str]) -> None:
+    print(f"\n$ python test.py {' '.join(argv)}", flush=True)
+    code = kitchenware(argv, command="classify")
+    if code != 0:
+        raise SystemExit(f"demo: `test.py` failed with exit code {code}")
+
+
+SERVING_STEPS: list[Callable[[Path], None]] = [serve_and_classify]
+
+
+def _run_steps(steps: list[Callable[[Path], None]], demo: Path) -> None:
+    demo.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+        started = time.monotonic()
+        print(f"\n=== {step.__name__}: {(step.__doc__ or '').strip()}", flush=True)
+        step(demo)
+        print(f"=== {step.__name__} done in {time.monotonic() - started:.1f}s", flush=True)
+
+
+def build(demo: Path) -> None:
+    """Every step up to an exported model (what `make serve` runs when there is none)."""
+    _run_steps(STEPS, demo)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", type=Path, default=Path("demo"), help="demo working folder")
     args = parser.parse_args(argv)
-    args.dir.mkdir(parents=True, exist_ok=True)
-    for step in STEPS:
-        started = time.monotonic()
-        print(f"\n=== {step.__name__}: {(step.__doc__ or '').strip()}", flush=True)
-        step(args.dir)
-        print(f"=== {step.__name__} done in {time.monotonic() - started:.1f}s", flush=True)
+    _run_steps(STEPS + SERVING_STEPS, args.dir)
     print(f"\ndemo finished; everything is under {args.dir}/")
     return 0
 
