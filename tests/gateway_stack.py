@@ -107,7 +107,9 @@ class ModelServer(Process):
 
 
 class Gateway(Process):
-    def __init__(self, port: int, log_dir: Path, env: dict[str, str], workers: int = 1) -> None:
+    def __init__(
+        self, port: int, log_dir: Path, env: dict[str, str], workers: int = 1, threads: int = 4
+    ) -> None:
         python = gateway_python()
         argv = [python, "-m", "gunicorn", "-c", "gunicorn.conf.py", "gateway:app"]
         full_env = {
@@ -117,7 +119,7 @@ class Gateway(Process):
             PYTHONPATH=str(REPO),
             GUNICORN_BIND=f"127.0.0.1:{port}",
             GUNICORN_WORKERS=str(workers),
-            GUNICORN_THREADS="4",
+            GUNICORN_THREADS=str(threads),
             **env,
         )
         super().__init__(f"gateway-{port}", argv, full_env, log_dir)
@@ -148,14 +150,16 @@ def peak_rss_kb(pid: int) -> int:
 class PhotoServer:
     """A local web server for URL inputs: serves files from a folder, plus test routes.
 
-    /redirect?to=URL answers 302 to URL; /slow dribbles bytes forever; /big sends
-    `big_bytes` bytes without a Content-Length. `hits` counts requests received.
+    /redirect?to=URL answers 302 to URL; /slow dribbles bytes forever; /hang accepts the
+    request and never answers (until the server stops); /big sends `big_bytes` bytes
+    without a Content-Length. `hits` counts requests received.
     """
 
     def __init__(self, root: Path, big_bytes: int = 0) -> None:
         self.root = root
         self.hits = 0
         self.big_bytes = big_bytes
+        self.stopping = threading.Event()
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -180,6 +184,8 @@ class PhotoServer:
                             time.sleep(0.2)
                     except OSError:
                         pass
+                elif path == "/hang":
+                    server.stopping.wait(120)
                 elif path == "/big":
                     self.send_response(200)
                     self.end_headers()
@@ -215,5 +221,6 @@ class PhotoServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
