@@ -170,12 +170,17 @@ def dockerfile_values(path: Path, keyword: str) -> list[str]:
     return [rest for key, rest in dockerfile_instructions(path) if key == keyword]
 
 
-def dockerfile_env(path: Path, final_stage: bool = True) -> dict[str, str]:
+def final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The instructions of the last stage: what the image that runs is made of."""
+    last_from = max(i for i, (key, _) in enumerate(instructions) if key == "FROM")
+    return instructions[last_from:]
+
+
+def dockerfile_env(path: Path, last_stage_only: bool = True) -> dict[str, str]:
     """ENV of the image that runs (the last stage), or of every stage."""
     instructions = dockerfile_instructions(path)
-    if final_stage:
-        last_from = max(i for i, (key, _) in enumerate(instructions) if key == "FROM")
-        instructions = instructions[last_from:]
+    if last_stage_only:
+        instructions = final_stage(instructions)
     env: dict[str, str] = {}
     for rest in (rest for key, rest in instructions if key == "ENV"):
         for token in shlex.split(rest):
@@ -193,10 +198,13 @@ def dockerfile_args(path: Path) -> dict[str, str]:
     return args
 
 
-def dockerfile_copies(path: Path) -> list[tuple[list[str], str]]:
+def dockerfile_copies(path: Path, last_stage_only: bool = False) -> list[tuple[list[str], str]]:
     """(sources, destination) of every COPY from the build context (no --from)."""
+    instructions = dockerfile_instructions(path)
+    if last_stage_only:
+        instructions = final_stage(instructions)
     copies = []
-    for rest in dockerfile_values(path, "COPY"):
+    for rest in (rest for key, rest in instructions if key == "COPY"):
         tokens = shlex.split(rest)
         if any(token.startswith("--from") for token in tokens):
             continue

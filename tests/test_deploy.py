@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import http.server
+import json
 import os
 import re
 import runpy
@@ -23,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import kubernetes_validate
@@ -806,3 +808,110 @@ def test_architecture_diagram_renders_from_its_source(tmp_path):
     guide = (REPO / "docu" / "deploy.md").read_text()
     assert "](architecture.png)" in guide and "make eks-down" in guide
     assert "docu/deploy.md" in (REPO / "README.md").read_text()
+
+
+# ------------------------------------------ the gateway image, without Docker --
+
+GATEWAY_VENV = REPO / ".venv-gateway"
+
+
+def free_local_port() -> int:
+    from conftest import free_port
+
+    return free_port()
+
+
+@pytest.fixture
+def gateway_image_layout(tmp_path):
+    """The gateway image's files outside Docker: /app holds what the Dockerfile copies,
+    the package is a fresh copy of kitchenware/ next to the TensorFlow-free gateway venv
+    (`make gateway-venv`, installed exactly as the Dockerfile installs it)."""
+    python = GATEWAY_VENV / "bin" / "python"
+    if not python.exists():
+        if os.environ.get("CI"):
+            pytest.fail("make test builds .venv-gateway before the tests")
+        pytest.skip("no .venv-gateway (make gateway-venv)")
+    app = tmp_path / "app"
+    app.mkdir()
+    for sources, destination in dockerfile_copies(GATEWAY_DOCKERFILE, last_stage_only=True):
+        if destination == "./":
+            for source in sources:
+                shutil.copy(REPO / source, app / source)
+    site = tmp_path / "site"
+    shutil.copytree(
+        REPO / "kitchenware", site / "kitchenware", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return python, app, site
+
+
+def test_gateway_image_command_and_healthcheck_work_without_tensorflow(
+    gateway_image_layout, tmp_path
+):
+    python, app, site = gateway_image_layout
+    assert sorted(p.name for p in app.iterdir()) == ["gateway.py", "gunicorn.conf.py"]
+    port = free_local_port()
+    env = dockerfile_env(GATEWAY_DOCKERFILE)
+    env.update(
+        PATH=f"{python.parent}:/usr/bin:/bin",
+        PYTHONPATH=str(site),
+        PORT=str(port),
+        # Loopback only in tests; the image binds 0.0.0.0:$PORT.
+        GUNICORN_BIND=f"127.0.0.1:{port}",
+        GUNICORN_WORKERS="1",
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "tmp" / "prometheus-multiproc"),
+        HOME=str(tmp_path),
+    )
+    assert env["PROMETHEUS_MULTIPROC_DIR"].endswith(
+        dockerfile_env(GATEWAY_DOCKERFILE)["PROMETHEUS_MULTIPROC_DIR"][4:]
+    )
+    command = dockerfile_json(GATEWAY_DOCKERFILE, "CMD")
+    healthcheck = json.loads(
+        dockerfile_values(GATEWAY_DOCKERFILE, "HEALTHCHECK")[0].split("CMD", 1)[1]
+    )
+    server = subprocess.Popen(
+        [str(python), "-m", *command],
+        cwd=app,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            check = subprocess.run(healthcheck, cwd=app, env=env, capture_output=True, timeout=10)
+            if check.returncode == 0 or time.monotonic() > deadline or server.poll() is not None:
+                break
+            time.sleep(0.3)
+        assert check.returncode == 0, check.stderr
+        # No model server behind it: ready must say no, with a reason.
+        ready = subprocess.run(
+            [
+                str(python),
+                "-c",
+                f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/readyz', timeout=8)",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert ready.returncode != 0 and "503" in ready.stderr
+        no_tf = subprocess.run(
+            [
+                str(python),
+                "-c",
+                "import importlib.util as u; print(u.find_spec('tensorflow.python'))",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        # tensorflow-protobuf ships a `tensorflow` package of protos only; the
+        # TensorFlow runtime lives in tensorflow.python.
+        assert no_tf.stdout.strip() == "None", "the gateway tier must not contain TensorFlow"
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert server.returncode == 0, output
