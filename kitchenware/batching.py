@@ -168,7 +168,9 @@ def parse_batching_parameters(text: str, base: BatchingConfig | None = None) -> 
     return dataclasses.replace(base or BatchingConfig(), **values)
 
 
-def load_batching_parameters(path: str | Path, base: BatchingConfig | None = None) -> BatchingConfig:
+def load_batching_parameters(
+    path: str | Path, base: BatchingConfig | None = None
+) -> BatchingConfig:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

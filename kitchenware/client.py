@@ -316,8 +316,7 @@ class ServingClient:
         outputs = response.outputs
         if meta.probabilities_output not in outputs:
             raise ModelContractError(
-                f"Predict answer lacks output {meta.probabilities_output!r} "
-                f"(has {sorted(outputs)})"
+                f"Predict answer lacks output {meta.probabilities_output!r} (has {sorted(outputs)})"
             )
         probabilities = proto.to_numpy(outputs[meta.probabilities_output]).astype(np.float32)
         if probabilities.ndim != 2 or probabilities.shape[0] != count:

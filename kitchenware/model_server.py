@@ -32,38 +32,61 @@ DEFAULT_SIGNATURE = "serving_default"
 
 def add_arguments(parser) -> None:
     parser.add_argument(
-        "--model-base-path", "--model_base_path", dest="model_base_path",
-        default="models/kitchenware", help="folder holding numbered SavedModel versions",
+        "--model-base-path",
+        "--model_base_path",
+        dest="model_base_path",
+        default="models/kitchenware",
+        help="folder holding numbered SavedModel versions",
     )
     parser.add_argument(
-        "--model-name", "--model_name", dest="model_name", default="kitchenware",
+        "--model-name",
+        "--model_name",
+        dest="model_name",
+        default="kitchenware",
         help="name clients put in model_spec.name",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)"
+    )
     parser.add_argument("--port", type=int, default=8500, help="gRPC port")
     parser.add_argument(
-        "--enable-batching", "--enable_batching", dest="batching", action="store_true",
-        default=True, help="batch concurrent requests on the server",
+        "--enable-batching",
+        "--enable_batching",
+        dest="batching",
+        action="store_true",
+        default=True,
+        help="batch concurrent requests on the server",
     )
     parser.add_argument(
         "--no-batching", dest="batching", action="store_false", help="run every request alone"
     )
     parser.add_argument("--max-batch-size", type=int, default=32, help="rows per batch at most")
     parser.add_argument(
-        "--batch-timeout-ms", type=float, default=5.0,
+        "--batch-timeout-ms",
+        type=float,
+        default=5.0,
         help="how long the oldest queued request waits for others",
     )
     parser.add_argument("--num-batch-threads", type=int, default=1, help="batches run in parallel")
     parser.add_argument(
-        "--batching-parameters-file", "--batching_parameters_file", dest="batching_parameters_file",
-        default=None, help="TF Serving's batching parameters (text format); overrides the flags",
+        "--batching-parameters-file",
+        "--batching_parameters_file",
+        dest="batching_parameters_file",
+        default=None,
+        help="TF Serving's batching parameters (text format); overrides the flags",
     )
     parser.add_argument(
-        "--poll-seconds", "--file_system_poll_wait_seconds", dest="poll_seconds", type=float,
-        default=2.0, help="look for new versions this often (0: load once)",
+        "--poll-seconds",
+        "--file_system_poll_wait_seconds",
+        dest="poll_seconds",
+        type=float,
+        default=2.0,
+        help="look for new versions this often (0: load once)",
     )
     parser.add_argument(
-        "--num-versions", type=int, default=1,
+        "--num-versions",
+        type=int,
+        default=1,
         help="serve this many newest versions (TF Serving's latest{num_versions})",
     )
     parser.add_argument(
@@ -71,16 +94,22 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--grpc-threads", type=int, default=64, help="concurrent RPCs at most")
     parser.add_argument(
-        "--shutdown-grace-seconds", type=float, default=10.0,
+        "--shutdown-grace-seconds",
+        type=float,
+        default=10.0,
         help="on SIGTERM, wait this long for in-flight requests",
     )
     parser.add_argument(
-        "--stats-file", default=None,
+        "--stats-file",
+        default=None,
         help="keep a JSON file with served versions, load failures and batch counts up to date",
     )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument(
-        "--check-config", action="store_true",
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
         help="validate the flags and the batching file, print the settings, exit",
     )
 
@@ -205,9 +234,7 @@ def build_services(manager, model_name: str):
     def signature_of(model, name: str, context):
         signature = model.signatures.get(name or DEFAULT_SIGNATURE)
         if signature is None:
-            context.abort(
-                code.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.'
-            )
+            context.abort(code.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.')
         return signature
 
     def decode_inputs(signature, request, context) -> dict[str, np.ndarray]:
@@ -385,7 +412,10 @@ def run(args) -> int:
     def collect() -> dict:
         return {
             **manager.status(),
-            "batching": {"enabled": args.batching, **({**config.__dict__} if args.batching else {})},
+            "batching": {
+                "enabled": args.batching,
+                **({**config.__dict__} if args.batching else {}),
+            },
             "stats": stats.as_dict(),
             "pid": os.getpid(),
         }
@@ -423,10 +453,15 @@ def run(args) -> int:
 
     update_health()
     server.start()
-    log.info("model server listening on %s (model %s, base path %s, batching %s)",
-             address, args.model_name, args.model_base_path,
-             f"max {config.execution_batch_size} rows / {config.batch_timeout_micros} us"
-             if args.batching else "off")
+    log.info(
+        "model server listening on %s (model %s, base path %s, batching %s)",
+        address,
+        args.model_name,
+        args.model_base_path,
+        f"max {config.execution_batch_size} rows / {config.batch_timeout_micros} us"
+        if args.batching
+        else "off",
+    )
     if not Path(args.model_base_path).is_dir():
         log.warning("%s does not exist yet; polling for versions", args.model_base_path)
     writer.start(stats.changed)

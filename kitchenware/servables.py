@@ -99,7 +99,9 @@ class LoadedVersion:
         self.path = Path(path)
         self.version = int(version)
         try:
-            saved = saved_model_pb2.SavedModel.FromString((self.path / "saved_model.pb").read_bytes())
+            saved = saved_model_pb2.SavedModel.FromString(
+                (self.path / "saved_model.pb").read_bytes()
+            )
         except Exception as exc:  # protobuf DecodeError, OSError
             raise LoadError(f"cannot read {self.path / 'saved_model.pb'}: {exc}") from None
         if not saved.meta_graphs:

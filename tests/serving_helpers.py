@@ -43,7 +43,9 @@ def health_status(target: str, service: str = "", timeout: float = 1.0):
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout).status
+            return stub.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            ).status
         except grpc.RpcError:
             return None
 

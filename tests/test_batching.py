@@ -52,10 +52,16 @@ def test_fields_missing_from_the_file_keep_the_flags():
 @pytest.mark.parametrize(
     "text, needle",
     [
-        ("max_batch_size { value: 32 }\nmax_batch_sise { value: 4 }", 'no field named "max_batch_sise"'),
+        (
+            "max_batch_size { value: 32 }\nmax_batch_sise { value: 4 }",
+            'no field named "max_batch_sise"',
+        ),
         ("max_batch_size: 32", "max_batch_size"),  # a wrapper field needs { value: N }
         ("max_batch_size { value: 0 }", "max_batch_size must be >= 1"),
-        ("max_batch_size { value: 32 }\nallowed_batch_sizes: 16\nallowed_batch_sizes: 8", "increasing"),
+        (
+            "max_batch_size { value: 32 }\nallowed_batch_sizes: 16\nallowed_batch_sizes: 8",
+            "increasing",
+        ),
         ("max_batch_size { value: 32 }\nallowed_batch_sizes: 16", "must equal max_batch_size"),
     ],
 )

@@ -236,7 +236,9 @@ def test_new_versions_are_picked_up_and_broken_ones_skipped(server, base):
     with grpc.insecure_channel(grpc_target) as channel:
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = "kitchenware"
-        response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=30)
+        response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+            request, timeout=30
+        )
     states = {s.version: s for s in response.model_version_status}
     assert states[2].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
     assert states[3].state == get_model_status_pb2.ModelVersionStatus.END

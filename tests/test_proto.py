@@ -37,7 +37,9 @@ def test_numeric_round_trip(array, encoding):
 
 @settings(max_examples=100, deadline=None)
 @given(
-    array=hnp.arrays(object, shapes, elements=st.one_of(st.binary(max_size=8), st.text(max_size=8))),
+    array=hnp.arrays(
+        object, shapes, elements=st.one_of(st.binary(max_size=8), st.text(max_size=8))
+    ),
     encoding=st.sampled_from(proto.ENCODINGS),
 )
 def test_string_round_trip(array, encoding):
@@ -54,7 +56,9 @@ def test_agrees_with_tensorflow(array):
     tf = pytest.importorskip("tensorflow")
     np.testing.assert_array_equal(to_numpy(tf.make_tensor_proto(array)), array)
     for encoding in proto.ENCODINGS:
-        np.testing.assert_array_equal(tf.make_ndarray(to_tensor_proto(array, encoding=encoding)), array)
+        np.testing.assert_array_equal(
+            tf.make_ndarray(to_tensor_proto(array, encoding=encoding)), array
+        )
 
 
 def test_tensorflow_string_tensors_decode():
@@ -81,8 +85,14 @@ def typed(dtype, shape, **values):
         (typed(types_pb2.DT_STRING, [3], string_val=[b"x"]), np.array([b"x"] * 3, object)),
         (typed(types_pb2.DT_FLOAT, []), np.float32(0)),
     ],
-    ids=["float-scalar-broadcast", "uint8-broadcast", "pad-with-last", "no-values-zeros",
-         "string-broadcast", "scalar-default"],
+    ids=[
+        "float-scalar-broadcast",
+        "uint8-broadcast",
+        "pad-with-last",
+        "no-values-zeros",
+        "string-broadcast",
+        "scalar-default",
+    ],
 )
 def test_typed_fields_fill_like_tensorflow(message, expected):
     back = to_numpy(message)
@@ -97,8 +107,14 @@ def test_typed_fields_fill_like_tensorflow(message, expected):
         (typed(types_pb2.DT_UINT8, [1], int_val=[300]), "out of range"),
         (typed(types_pb2.DT_HALF, [1]), "unsupported tensor dtype DT_HALF"),
         (typed(types_pb2.DT_FLOAT, [-1, 2]), "unknown dimension"),
-        (tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=proto.shape_proto([2]),
-                                tensor_content=b"\0" * 5), "needs 8"),
+        (
+            tensor_pb2.TensorProto(
+                dtype=types_pb2.DT_FLOAT,
+                tensor_shape=proto.shape_proto([2]),
+                tensor_content=b"\0" * 5,
+            ),
+            "needs 8",
+        ),
     ],
     ids=["too-many", "uint8-overflow", "dtype", "unknown-dim", "content-length"],
 )
