@@ -33,7 +33,7 @@ $(GW_VENV)/bin/.installed: pyproject.toml requirements/gateway.txt
 	test -x $(GW_VENV)/bin/python || $(PYTHON) -m venv $(GW_VENV)
 	$(GW_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/gateway.txt
 	$(GW_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps $(TFS_API)
-	$(GW_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps .
+	$(GW_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 gateway-venv: $(GW_VENV)/bin/.installed
