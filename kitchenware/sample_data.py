@@ -514,31 +514,37 @@ def generate(
     items, slots = _plan(per_class, test_per_class)
     copies = {copy for copy, _, _ in slots}
 
-    jobs = [(seed, it.index, it.label, width, height) for it in items if it.index not in copies]
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            rendered = list(pool.map(_render, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
-    else:
-        rendered = [_render(job) for job in jobs]
-    data: dict[int, bytes] = {job[1]: blob for job, blob in zip(jobs, rendered, strict=True)}
-
-    planted: list[Planted] = []
-    for copy, original, kind in slots:
-        if kind == "exact":
-            data[copy], how = data[original], "byte copy"
-        else:
-            data[copy], how = near_copy(data[original], np.random.default_rng([seed, copy, 1]))
-        planted.append(Planted(copy, original, kind, how))
-
     # Kaggle Ids: a seeded shuffle, so Id order says nothing about the class.
     width_id = max(4, len(str(len(items) - 1)))
     order = np.random.default_rng([seed, 2**31]).permutation(len(items))
     ids = {it.index: f"{int(order[it.index]):0{width_id}d}" for it in items}
-
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
-    for it in items:
-        (images / f"{ids[it.index]}.jpg").write_bytes(data[it.index])
+
+    # Files are written as they come; only the originals of planted copies stay in memory.
+    originals = {original for _, original, _ in slots}
+    kept: dict[int, bytes] = {}
+    jobs = [(seed, it.index, it.label, width, height) for it in items if it.index not in copies]
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    try:
+        chunk = max(1, min(32, len(jobs) // (workers * 8)))
+        rendered = pool.map(_render, jobs, chunksize=chunk) if pool else map(_render, jobs)
+        for job, blob in zip(jobs, rendered, strict=True):
+            (images / f"{ids[job[1]]}.jpg").write_bytes(blob)
+            if job[1] in originals:
+                kept[job[1]] = blob
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+
+    planted: list[Planted] = []
+    for copy, original, kind in slots:
+        if kind == "exact":
+            blob, how = kept[original], "byte copy"
+        else:
+            blob, how = near_copy(kept[original], np.random.default_rng([seed, copy, 1]))
+        (images / f"{ids[copy]}.jpg").write_bytes(blob)
+        planted.append(Planted(copy, original, kind, how))
 
     train = sorted((ids[it.index], it.label) for it in items if it.split == "train")
     test = sorted((ids[it.index], it.label) for it in items if it.split == "test")
