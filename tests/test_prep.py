@@ -490,3 +490,35 @@ def test_random_corruption_of_a_copy(sample, tmp_path):
     assert _tree_digest(data) == before
     _check_split_invariants(out, 0.2)
     assert set(CLASSES) == {r["label"] for r in _rows(out / "manifest.csv") if r["label"]}
+
+
+# --------------------------------------------------------------------------- split unit
+
+
+def test_quotas_add_up_and_groups_never_straddle():
+    from kitchenware.splitting import class_quotas, stratified_group_split
+
+    # 1.4, 1.4, 0.2 -> floors 1, 1, 0; one more to reach round(3.0): the tie goes to "cup".
+    assert class_quotas({"cup": 7, "fork": 7, "glass": 1}, 0.2) == {"cup": 2, "fork": 1, "glass": 0}
+    rng = np.random.default_rng(5)
+    for trial in range(30):
+        items, next_id = {}, 0
+        for label in CLASSES[: int(rng.integers(1, 7))]:
+            for g in range(int(rng.integers(1, 25))):
+                for _ in range(int(rng.choice([1, 1, 1, 2, 3]))):
+                    items[f"{next_id:05d}"] = (label, f"{label}-{g}")
+                    next_id += 1
+        frac = float(rng.choice([0.0, 0.1, 0.2, 0.5]))
+        split = stratified_group_split(items, frac, seed=trial)
+        assert split.keys() == items.keys()  # nothing lost
+        sides = defaultdict(set)
+        for item_id, side in split.items():
+            sides[items[item_id][1]].add(side)
+        assert all(len(s) == 1 for s in sides.values())
+        assert split == stratified_group_split(items, frac, seed=trial)
+        singles = {i: (lab, i) for i, (lab, _) in items.items()}
+        exact = stratified_group_split(singles, frac, seed=trial)
+        for label in {lab for lab, _ in items.values()}:
+            n = sum(lab == label for lab, _ in items.values())
+            val = sum(exact[i] == "val" for i, (lab, _) in items.items() if lab == label)
+            assert abs(val - frac * n) < 1
