@@ -110,6 +110,12 @@ def test_metadata_and_client_discovery(server):
         assert ready and "version" in reason
 
 
+def test_dns_target_with_round_robin(server):
+    """`dns:///localhost:PORT` resolves to ::1 and 127.0.0.1; round_robin uses the one that answers."""
+    with ServingClient(f"dns:///localhost:{server.port}", timeout=30) as client:
+        assert client.predict(images(1)).probabilities.shape == (1, 6)
+
+
 def metadata_request(*fields, name="kitchenware"):
     request = get_model_metadata_pb2.GetModelMetadataRequest()
     request.model_spec.name = name

@@ -1,0 +1,222 @@
+"""Model server throughput vs the same SavedModel in-process, batching on and off.
+
+    python scripts/bench_serving.py [--size 299] [--clients 8] [--requests 12]
+
+Exports an untrained Xception (weights none: the timing does not depend on the
+weights) at --size, measures the in-process `serving_default` throughput at
+batch 32, starts `kitchenware model-server` twice on 127.0.0.1 (batching on, batching
+off) and measures the throughput of --clients concurrent clients that each send
+--requests one-image Predict calls. The three measurements alternate for
+--rounds rounds; it prints images/s and the ratios served / offline (per round,
+side by side, then the median).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def offline_throughput(model_dir: Path, size: int, batch: int, repeats: int) -> float:
+    import numpy as np
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    pixels = tf.constant(
+        np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    )
+    serve(image=pixels)  # warm-up (graph build)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        serve(image=pixels)["probabilities"].numpy()
+    return batch * repeats / (time.perf_counter() - started)
+
+
+class Server:
+    """A `kitchenware model-server` child process on a free 127.0.0.1 port."""
+
+    def __init__(self, base: Path, extra: list[str]):
+        self.port = free_port()
+        self.stats_file = Path(tempfile.mkdtemp()) / "stats.json"
+        command = [
+            sys.executable, "-m", "kitchenware.cli", "model-server",
+            "--model-base-path", str(base), "--port", str(self.port), "--host", "127.0.0.1",
+            "--poll-seconds", "0", "--stats-file", str(self.stats_file),
+            "--log-level", "WARNING", *extra,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
+        )
+        self.target = f"127.0.0.1:{self.port}"
+
+    def wait_ready(self) -> None:
+        from kitchenware.client import ServingClient
+
+        with ServingClient(self.target, timeout=5) as probe:
+            deadline = time.monotonic() + 300
+            while not probe.check_ready()[0]:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("model server did not start")
+                time.sleep(0.5)
+
+    def stats(self) -> dict:
+        try:
+            return json.loads(self.stats_file.read_text()).get("stats", {})
+        except (OSError, ValueError):
+            return {}
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        shutil.rmtree(self.stats_file.parent, ignore_errors=True)
+
+
+def served_throughput(target: str, size: int, clients: int, requests: int) -> float:
+    """Images/s of `clients` threads, each with its own channel, sending one-image Predicts."""
+    import numpy as np
+
+    from kitchenware.client import ServingClient
+
+    pixels = np.random.default_rng(1).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    per_client = [ServingClient(target, timeout=300) for _ in range(clients)]
+    for client in per_client:  # connect + metadata + one warm request each
+        client.predict(pixels)
+    barrier = threading.Barrier(clients + 1)
+    errors = []
+
+    def work(client):
+        barrier.wait()
+        try:
+            for _ in range(requests):
+                client.predict(pixels)
+        except Exception as exc:  # reported below, never hidden
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in per_client]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    for client in per_client:
+        client.close()
+    if errors:
+        raise SystemExit(f"{len(errors)} requests failed, first: {errors[0]}")
+    return clients * requests / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", type=int, default=299, help="image size (Xception minimum 71)")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=12, help="one-image requests per client")
+    parser.add_argument("--batch", type=int, default=32, help="offline batch size")
+    parser.add_argument("--repeats", type=int, default=3, help="offline batches timed")
+    parser.add_argument("--batch-timeout-ms", type=float, default=20.0)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
+    parser.add_argument("--num-batch-threads", type=int, default=1, help="server batch threads")
+    args = parser.parse_args()
+
+    from kitchenware.export import export_saved_model
+    from kitchenware.model import build_model
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    servers = []
+    rounds = []
+    try:
+        base = workdir / "kitchenware"
+        model = build_model(size=args.size, weights="none", inner=8, augment=False, seed=1)
+        export_saved_model(model, base, version=1)
+        del model
+        batching = [
+            "--max-batch-size",
+            str(args.batch),
+            "--batch-timeout-ms",
+            str(args.batch_timeout_ms),
+            "--num-batch-threads",
+            str(args.num_batch_threads),
+        ]
+        servers = [Server(base, batching), Server(base, ["--no-batching"])]
+        for server in servers:
+            server.wait_ready()
+        # Rounds interleave the three measurements so that load from other
+        # processes on the machine hits all of them alike.
+        for _ in range(args.rounds):
+            offline = offline_throughput(base / "1", args.size, args.batch, args.repeats)
+            on = served_throughput(servers[0].target, args.size, args.clients, args.requests)
+            off = served_throughput(servers[1].target, args.size, args.clients, args.requests)
+            rounds.append({"offline": offline, "on": on, "off": off})
+            print(json.dumps({k: round(v, 2) for k, v in rounds[-1].items()}), file=sys.stderr)
+        rows_per_batch = servers[0].stats().get("rows_per_batch")
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def median(values):
+        return statistics.median(values)
+
+    result = {
+        "command": "python scripts/bench_serving.py " + " ".join(sys.argv[1:]),
+        "date": date.today().isoformat(),
+        "machine": f"{os.cpu_count()} CPUs, {cpu_model()}",
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+        "size": args.size,
+        "clients": args.clients,
+        "requests_per_client": args.requests,
+        "offline_batch": args.batch,
+        "rounds": [{k: round(v, 2) for k, v in r.items()} for r in rounds],
+        "offline_images_per_s": round(median([r["offline"] for r in rounds]), 2),
+        "served_batching_on_images_per_s": round(median([r["on"] for r in rounds]), 2),
+        "served_batching_off_images_per_s": round(median([r["off"] for r in rounds]), 2),
+        # Ratios within each round (side by side), then the median over rounds.
+        "ratio_batching_on": round(median([r["on"] / r["offline"] for r in rounds]), 3),
+        "ratio_batching_off": round(median([r["off"] / r["offline"] for r in rounds]), 3),
+        "batching_on_rows_per_batch": rows_per_batch,
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
