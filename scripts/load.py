@@ -57,6 +57,7 @@ class Outcome:
     finished: float
     status: int | None  # None: no HTTP answer (connection refused or reset)
     code: str  # the gateway's error code, "" on success, the exception name without answer
+    version: int | None = None  # the model version that answered (successes only)
 
     @property
     def ok(self) -> bool:
@@ -77,13 +78,15 @@ def upload(session: requests.Session, url: str, photo: tuple[str, bytes]) -> Out
         )  # fmt: skip
     except requests.RequestException as exc:
         return Outcome(started, time.monotonic(), None, type(exc).__name__)
-    code = ""
-    if response.status_code != 200:
-        try:
-            code = response.json()["error"]["code"]
-        except (ValueError, KeyError, TypeError):
-            code = "not-json"
-    return Outcome(started, time.monotonic(), response.status_code, code)
+    finished = time.monotonic()
+    try:
+        body = response.json()
+        if response.status_code == 200:
+            return Outcome(started, finished, 200, "", int(body["model"]["version"]))
+        code = body["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        code = "unexpected-body"
+    return Outcome(started, finished, response.status_code, code)
 
 
 @dataclass
@@ -96,6 +99,7 @@ class Load:
     seconds: float = 60.0
     max_requests: int | None = None
     keep_alive: bool = True  # False: a new connection per request (spreads over workers)
+    error_pause: float = 0.0  # a client waits this long after an error (backs off)
     outcomes: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -122,6 +126,8 @@ class Load:
                     self.outcomes.append(outcome)
                 if outcome.status is None or not self.keep_alive:
                     session.close()  # the next request opens a fresh connection
+                if not outcome.ok and self.error_pause:
+                    self._stop.wait(self.error_pause)
 
     def start(self) -> Load:
         self.started = time.monotonic()
@@ -159,7 +165,7 @@ def summarize(outcomes: list[Outcome], elapsed: float) -> dict:
         if not o.ok:
             key = f"{o.status or 'no answer'} {o.code}".strip()
             errors[key] = errors.get(key, 0) + 1
-    p50, p95, p99 = (np.percentile(ok, [50, 95, 99]) if len(ok) else (float("nan"),) * 3)
+    p50, p95, p99 = np.percentile(ok, [50, 95, 99]) if len(ok) else (float("nan"),) * 3
     return {
         "requests": len(outcomes),
         "ok": int(len(ok)),
@@ -251,7 +257,9 @@ class Stack:
         self.server = ModelServer(self.base, free_port(), workdir, extra=server_args)
         env = {"TF_SERVING_HOST": self.server.target, "GRPC_TIMEOUT": str(args.grpc_timeout)}
         env.update(gateway_env or {})
-        self.gateway = Gateway(free_port(), workdir, env, workers=args.workers, threads=args.threads)
+        self.gateway = Gateway(
+            free_port(), workdir, env, workers=args.workers, threads=args.threads
+        )
         self.url = self.gateway.url
 
     def __enter__(self) -> Stack:
@@ -320,7 +328,9 @@ def run_load(args, stack: Stack, photos) -> dict:
     warm_up(stack.url, photos, args.clients)
     before = process_memory(stack.server, stack.gateway)
     load = Load(stack.url, photos, args.clients, args.seconds, args.max_requests)
-    print(f"load: {args.clients} clients for {args.seconds:g} s against {stack.url} ...", flush=True)
+    print(
+        f"load: {args.clients} clients for {args.seconds:g} s against {stack.url} ...", flush=True
+    )
     outcomes = load.run()
     after = process_memory(stack.server, stack.gateway)
     result = summarize(outcomes, load.elapsed)
@@ -413,7 +423,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency-sweep", default=None, metavar="1,2,4,8,16",
                         help="instead of one load: one per client count, and a plot")  # fmt: skip
     parser.add_argument("--sweep-seconds", type=float, default=15.0, help="seconds per sweep step")
-    parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="where the sweep's PNG goes")
+    parser.add_argument(
+        "--plot", type=Path, default=DEFAULT_PLOT, help="where the sweep's PNG goes"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
 
 
@@ -421,7 +433,9 @@ def check_args(args) -> None:
     if args.clients < 1 or args.seconds <= 0 or args.sweep_seconds <= 0:
         raise SystemExit("load: --clients must be >= 1 and --seconds/--sweep-seconds > 0")
     if not 71 <= args.size <= 640:
-        raise SystemExit(f"load: --size must be 71..640 (Xception's minimum is 71), got {args.size}")
+        raise SystemExit(
+            f"load: --size must be 71..640 (Xception's minimum is 71), got {args.size}"
+        )
     if args.concurrency_sweep:
         try:
             levels = [int(x) for x in args.concurrency_sweep.split(",")]
