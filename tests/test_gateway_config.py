@@ -176,3 +176,30 @@ def test_health_and_page_need_no_model_server(client):
         assert client.get(asset).status_code == 200
     # no external CDN: every script and stylesheet comes from this server
     assert b"http" not in page.data.replace(b"https://example.com/photo.jpg", b"")
+
+
+def test_development_server_command_serves_the_app(tmp_path):
+    import sys
+    import time
+
+    import requests
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kitchenware.cli", "gateway", "--port", str(port)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "TF_SERVING_HOST": "127.0.0.1:1"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+                time.sleep(0.2)
+        assert response.json() == {"status": "ok"}
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import shutil
 import signal
 import time
@@ -347,7 +348,7 @@ def test_web_page_in_headless_chromium(stack, photos):
                       page.eval_on_selector_all("#bars .bar span", "els => els.map(e => e.style.width)")]  # fmt: skip
             assert widths == sorted(widths, reverse=True) and widths[0] > 0
             assert page.text_content("#bars li .name") == label
-            assert "version 1" in page.text_content("#model")
+            assert re.fullmatch(r"model kitchenware, version \d+", page.text_content("#model"))
             assert page.is_visible("#preview")
             assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
             shot = REPO / "docu" / "images" / "web.png"
@@ -362,3 +363,33 @@ def test_web_page_in_headless_chromium(stack, photos):
             assert [u for u in external if "10.0.0.1" not in u] == []
         finally:
             browser.close()
+
+
+# -- test.py / kitchenware classify -----------------------------------------------------
+
+
+def _classify(*argv: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "test.py", *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+
+
+def test_test_py_prints_label_probability_and_top3(stack, photos):
+    site = stack["site"]
+    url = f"{site.url}/{sorted(p.name for p in site.root.glob('*.jpg'))[0]}"
+    proc = _classify(str(photos[0]), url, "--gateway", stack["open"])
+    assert proc.returncode == 0, proc.stderr
+    blocks = proc.stdout.strip().split("\n" + str(photos[0]))[0].splitlines()
+    assert blocks[0].startswith(f"{photos[0]}: ") and "[model kitchenware v" in blocks[0]
+    label = blocks[0].split(": ")[1].split(" (")[0]
+    assert label in ("cup", "fork", "glass", "knife", "plate", "spoon")
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("    ")]) == 6
+    assert f"{url}: " in proc.stdout
+
+
+def test_test_py_exits_non_zero_with_the_gateways_message(stack):
+    proc = _classify("http://10.0.0.1/cup.jpg", "--gateway", stack["gw"])
+    assert proc.returncode == 1
+    assert "HTTP 422" in proc.stderr and "private address" in proc.stderr
