@@ -153,7 +153,10 @@ def demo_model(demo_dir: Path) -> Path:
 
     print(f"serve: no exported model yet; building a quick demo model in {demo_dir}/ first")
     demo.build(demo_dir)
-    return demo.model_base(demo_dir)
+    base = demo.model_base(demo_dir)
+    if not versions(base):
+        raise KitchenwareError(f"scripts/demo.py's build steps exported no model under {base}")
+    return base
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
