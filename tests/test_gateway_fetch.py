@@ -179,3 +179,50 @@ def test_http_errors_and_dead_ports_are_fetch_failures(site):
         fetcher.fetch(f"http://127.0.0.1:{free_port()}/a.jpg")
     with pytest.raises(FetchFailed, match="cannot resolve"):
         fetcher.fetch("http://no-such-host.invalid/a.jpg")
+
+
+@pytest.fixture(scope="module")
+def tls_site(site, tmp_path_factory):
+    """The local site behind TLS with a certificate for the name `localhost` only."""
+    import shutil
+    import ssl
+    import subprocess
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    names: list[str | None] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda sock, name, ctx: names.append(name)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), site.httpd.RequestHandlerClass)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield {"port": httpd.server_address[1], "cert": str(cert), "sni": names}
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_https_connects_to_the_vetted_ip_with_the_host_name_for_sni_and_certificate(
+    tls_site, connects
+):
+    fetcher = UrlFetcher(allow_private=True, ca_certs=tls_site["cert"])
+    body = fetcher.fetch(f"https://localhost:{tls_site['port']}/photo.jpg")
+    assert body.startswith(b"\xff\xd8")
+    assert tls_site["sni"][-1] == "localhost"  # the name, although we dialled an IP
+    assert all(ipaddress.ip_address(host).is_loopback for host, *_ in connects)
+    # The certificate names `localhost`, not 127.0.0.1: the name check is really made.
+    with pytest.raises(FetchFailed, match="cannot fetch"):
+        fetcher.fetch(f"https://127.0.0.1:{tls_site['port']}/photo.jpg")
+    # And an unknown CA is refused.
+    with pytest.raises(FetchFailed):
+        UrlFetcher(allow_private=True).fetch(f"https://localhost:{tls_site['port']}/photo.jpg")

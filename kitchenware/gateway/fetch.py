@@ -119,6 +119,7 @@ class UrlFetcher:
         allow_private: bool = False,
         allowed_networks: Iterable[str] = (),
         max_redirects: int = MAX_REDIRECTS,
+        ca_certs: str | None = None,
     ) -> None:
         self.timeout = float(timeout)
         self.max_bytes = int(max_bytes)
@@ -126,6 +127,8 @@ class UrlFetcher:
         # Networks an operator trusts despite being private (an internal image store).
         self.allowed_networks = tuple(ipaddress.ip_network(n) for n in allowed_networks)
         self.max_redirects = int(max_redirects)
+        # CA bundle for https (default: certifi's, else the system's); an internal CA can go here.
+        self.ca_certs = ca_certs or _ca_bundle()
 
     # -- vetting (no connection is made here) ---------------------------------
 
@@ -231,7 +234,7 @@ class UrlFetcher:
                 server_hostname=target.hostname,
                 assert_hostname=target.hostname,
                 cert_reqs="CERT_REQUIRED",
-                ca_certs=_ca_bundle(),
+                ca_certs=self.ca_certs,
                 **options,
             )
         else:
