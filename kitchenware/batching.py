@@ -189,11 +189,23 @@ class BatchStats:
     def __init__(self):
         self._lock = threading.Lock()
         self.requests = 0
+        self.in_flight = 0
         self.batches = 0
         self.rows = 0
         self.rows_per_batch: collections.Counter[int] = collections.Counter()
         self.requests_per_batch: collections.Counter[int] = collections.Counter()
         self.changed = threading.Event()
+
+    def enter(self) -> None:
+        """A Predict call started (shown as `in_flight` until `leave`)."""
+        with self._lock:
+            self.in_flight += 1
+        self.changed.set()
+
+    def leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+        self.changed.set()
 
     def record(self, requests: int, rows: int) -> None:
         with self._lock:
@@ -207,6 +219,7 @@ class BatchStats:
     def as_dict(self) -> dict:
         with self._lock:
             return {
+                "in_flight": self.in_flight,
                 "requests": self.requests,
                 "batches": self.batches,
                 "rows": self.rows,

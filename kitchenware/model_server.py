@@ -179,7 +179,7 @@ class StatsWriter:
         self.write()
 
 
-def build_services(manager, model_name: str):
+def build_services(manager, model_name: str, stats=None):
     """The gRPC servicers (PredictionService, ModelService) bound to a VersionManager."""
     import grpc
     from google.protobuf import any_pb2
@@ -278,6 +278,15 @@ def build_services(manager, model_name: str):
 
     class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):
+            if stats is None:
+                return self._predict(request, context)
+            stats.enter()
+            try:
+                return self._predict(request, context)
+            finally:
+                stats.leave()
+
+        def _predict(self, request, context):
             for attempt in range(2):
                 model = resolve(request.model_spec, context)
                 signature = signature_of(model, request.model_spec.signature_name, context)
@@ -430,7 +439,7 @@ def run(args) -> int:
         futures.ThreadPoolExecutor(max_workers=args.grpc_threads, thread_name_prefix="grpc"),
         options=options,
     )
-    prediction, model_service = build_services(manager, args.model_name)
+    prediction, model_service = build_services(manager, args.model_name, stats)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(model_service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
