@@ -40,3 +40,33 @@ def exported_model(tmp_path_factory) -> Path:
     model = build_model(size=TINY_SIZE, weights="none", inner=8, augment=False, seed=1)
     export_saved_model(model, base, version=1)
     return base
+
+
+# --- training fixtures (issue 3): real prep output and one real trained model, shared ---
+
+
+@pytest.fixture(scope="session")
+def mini_prep(mini_data, tmp_path_factory) -> Path:
+    """`kitchenware prep` output of the real photos in kitchenware-mini."""
+    from kitchenware.cli import main
+
+    out = tmp_path_factory.mktemp("mini-prep") / "prep"
+    assert main(["prep", "--data", str(mini_data), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def mini_run(mini_prep, tmp_path_factory):
+    """A real MobileNetV2 (weights none, augmentation on) trained 2 epochs on real photos.
+
+    Returns kitchenware.train.TrainResult (run folder, best.keras, history, in-memory model).
+    """
+    from kitchenware.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs") / "mini"
+    config = TrainConfig(
+        data=str(mini_prep), out=str(out), backbone="mobilenet_v2", size=TINY_SIZE,
+        weights="none", inner=16, dropout=0.0, augment=True, epochs=2, batch_size=16,
+        patience=10, verbose=0,
+    )
+    return train(config)
