@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 TFS_API := tensorflow-serving-api==2.21.0
 DEMO_DIR ?= demo
 
-.PHONY: help venv gateway-venv system-deps test test-fast lint demo serve lock clean bench
+.PHONY: help venv gateway-venv system-deps test test-fast lint demo serve lock clean bench \
+	load load-sweep faults
 
 help:
 	@echo "make test    - install everything into .venv and run the whole test-suite"
@@ -17,6 +18,8 @@ help:
 	@echo "make serve   - model server + gateway on the latest exported model"
 	@echo "make lint    - ruff"
 	@echo "make lock    - regenerate the pinned requirements/*.txt from pyproject.toml"
+	@echo "make load    - 8 clients x 60 s against gateway + model server (make load-sweep: plot)"
+	@echo "make faults  - kill/slow/broken scenarios under load; make bench: every benchmark"
 
 $(BIN)/.installed: pyproject.toml requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -73,6 +76,30 @@ lock:
 
 clean:
 	rm -rf $(VENV) $(GW_VENV) .pytest_cache .ruff_cache $(DEMO_DIR)
+
+# ---------------------------------------------------------------------------
+# Evidence (docu/BENCHMARKS.md, docu/RELIABILITY.md): long runs, one command each.
+# Each starts its own model server + gunicorn gateway on 127.0.0.1.
+# ---------------------------------------------------------------------------
+LOAD_ARGS ?= --clients 8 --seconds 60
+SWEEP ?= 1,2,4,8,16
+
+load: venv  # N clients x T s: throughput, p50/p95/p99, errors, RSS before/after
+	$(BIN)/python scripts/load.py $(LOAD_ARGS)
+
+load-sweep: venv  # latency percentiles vs concurrency -> docu/images/latency_vs_concurrency.png
+	$(BIN)/python scripts/load.py --concurrency-sweep $(SWEEP)
+
+faults: venv  # model server killed, slow URLs, worker SIGKILL, broken version, under load
+	$(BIN)/python scripts/faults.py
+
+bench: venv  # every benchmark script in turn (each prints its figures and the machine)
+	$(BIN)/python scripts/bench_prep.py
+	$(BIN)/python scripts/bench_train.py pipeline
+	$(BIN)/python scripts/bench_train.py step
+	$(BIN)/python scripts/bench_serving.py
+	$(BIN)/python scripts/bench_gateway.py all
+	$(BIN)/python scripts/load.py $(LOAD_ARGS)
 
 # ===========================================================================
 # Deployment (docu/deploy.md): docker-compose, kind, AWS EKS.
