@@ -1,0 +1,186 @@
+"""Training benchmarks; each subcommand is one command to rerun.
+
+  python scripts/bench_train.py pipeline [--data KAGGLE_DIR]   # tf.data vs ImageDataGenerator
+  python scripts/bench_train.py step                           # train step + export time at 299
+
+`pipeline` preps the Kaggle-layout data (kitchenware-mini by default), then in
+the same run feeds its train split at 299 px through (a) Keras'
+ImageDataGenerator.flow_from_directory with the original project's kind of
+augmentation (tf_keras package; Keras 3 dropped the class) and (b) our tf.data
+pipeline plus the model's own augmentation layers applied to each batch, which
+is where that work happens in our training. Both produce augmented float
+batches in [-1, 1]. `step` times Xception at 299, weights none, batch 32: a few
+train steps with the whole network trainable and with the backbone frozen (the
+compute of training on ImageNet weights), then one SavedModel export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "kitchenware-mini"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import tensorflow as tf
+
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+        f"TensorFlow {tf.__version__}, {datetime.date.today()}"
+    )
+
+
+def bench_pipeline(data: Path, size: int, batch: int, epochs: int) -> None:
+    try:
+        from tf_keras.preprocessing.image import ImageDataGenerator
+    except ImportError:
+        sys.exit("needs tf_keras for ImageDataGenerator: pip install --no-deps tf-keras==2.21.0")
+    import tensorflow as tf
+
+    from kitchenware.cli import main
+    from kitchenware.data import list_split, make_dataset
+    from kitchenware.model import augmentation
+
+    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    prep = work / "prep"
+    if main(["prep", "--data", str(data), "--out", str(prep), "--no-progress"]) != 0:
+        sys.exit("prep failed")
+    split = list_split(prep, "train")
+    n = len(split)
+    print(f"\n{n} train images from {data}, {size} px, batch {batch}, {epochs} epochs each")
+
+    # (a) the original approach: decode + augment in NumPy/SciPy on every epoch
+    generator = ImageDataGenerator(
+        rotation_range=36,  # = RandomRotation(0.1) of a full turn
+        zoom_range=0.15,
+        width_shift_range=0.1,
+        height_shift_range=0.1,
+        horizontal_flip=True,
+        fill_mode="reflect",
+        preprocessing_function=lambda x: x / 127.5 - 1.0,
+    )
+    flow = generator.flow_from_directory(
+        prep / "train", target_size=(size, size), batch_size=batch, class_mode="sparse", seed=1
+    )
+    idg = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for _ in range(len(flow)):
+            next(flow)
+        idg.append(n / (time.perf_counter() - start))
+
+    # (b) ours: tf.data (load_image, parallel, cached) + in-model augmentation layers
+    augment = augmentation(seed=1)
+
+    @tf.function
+    def augment_batch(images):
+        return augment(tf.cast(images, tf.float32), training=True) / 127.5 - 1.0
+
+    ds = make_dataset(split, size, batch, shuffle=True, seed=1)
+    ours = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for images, _labels in ds:
+            augment_batch(images).numpy()
+        ours.append(n / (time.perf_counter() - start))
+
+    plain = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for images, _labels in make_dataset(split, size, batch, shuffle=True, seed=1, cache=False):
+            images.numpy()
+        plain.append(n / (time.perf_counter() - start))
+    cached = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for images, _labels in ds:
+            images.numpy()
+        cached.append(n / (time.perf_counter() - start))
+
+    print(f"machine: {machine()}")
+    print("| pipeline | epoch 1 images/s | later epochs images/s |")
+    print("|---|---:|---:|")
+    later = lambda xs: sum(xs[1:]) / len(xs[1:])  # noqa: E731
+    print(f"| ImageDataGenerator.flow_from_directory | {idg[0]:.0f} | {later(idg):.0f} |")
+    print(f"| tf.data + in-model augmentation | {ours[0]:.0f} | {later(ours):.0f} |")
+    print(f"| tf.data without augmentation, no cache | {plain[0]:.0f} | {later(plain):.0f} |")
+    print(f"| tf.data without augmentation, cached | {cached[0]:.0f} | {later(cached):.0f} |")
+    print(
+        f"| ratio (ours / ImageDataGenerator) | {ours[0] / idg[0]:.1f}x | {later(ours) / later(idg):.1f}x |"
+    )
+
+
+def bench_step(size: int, batch: int, steps: int) -> None:
+    import numpy as np
+
+    from kitchenware.export import export_saved_model
+    from kitchenware.model import build_model
+    from kitchenware.train import _compile
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    labels = rng.integers(0, 6, batch)
+    print(f"machine: {machine()}")
+    print(f"xception, {size} px, weights none, batch {batch}, {steps} timed steps after 1 warm-up")
+    print("| what | seconds |")
+    print("|---|---:|")
+    model = None
+    for frozen in (False, True):
+        model = build_model("xception", size, "none", augment=True, seed=1)
+        if frozen:
+            model.get_layer("xception").trainable = False
+        _compile(model, 1e-3)
+        model.train_on_batch(images, labels)
+        start = time.perf_counter()
+        for _ in range(steps):
+            model.train_on_batch(images, labels)
+        per_step = (time.perf_counter() - start) / steps
+        what = "frozen backbone (as with ImageNet weights)" if frozen else "whole network trainable"
+        print(f"| train step, {what} | {per_step:.2f} |")
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        export_saved_model(model, Path(tmp) / "models")
+        print(f"| export SavedModel (+ warm-up record) | {time.perf_counter() - start:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("pipeline", help="tf.data vs ImageDataGenerator images/s")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Kaggle-layout folder")
+    p.add_argument("--size", type=int, default=299)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=3)
+    s = sub.add_parser("step", help="train step and export time")
+    s.add_argument("--size", type=int, default=299)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    if args.what == "pipeline":
+        bench_pipeline(args.data, args.size, args.batch_size, args.epochs)
+    else:
+        bench_step(args.size, args.batch_size, args.steps)
+
+
+if __name__ == "__main__":
+    main()
