@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "scripts"), str(REPO / "tests")]
 
 from gateway_stack import Gateway, ModelServer, PhotoServer, wait_for  # noqa: E402
-from load import Load, Outcome, export_fresh_model, free_port, load_photos, machine  # noqa: E402
+from load import Load, Outcome, export_fresh_model, free_ports, load_photos, machine  # noqa: E402
 
 READY_TIMEOUT_S = 180.0
 # A client that gets an error waits this long before its next request (as real clients
@@ -57,7 +57,8 @@ class FaultStack:
         self.base = Path(base)
         self.workdir = Path(workdir)
         self.stats_file = self.workdir / "model-server-stats.json"
-        self.server = ModelServer(self.base, free_port(), self.workdir, extra=[
+        server_port, gateway_port = free_ports(2)
+        self.server = ModelServer(self.base, server_port, self.workdir, extra=[
             "--poll-seconds", "0.5", "--stats-file", str(self.stats_file)])  # fmt: skip
         env = {
             "TF_SERVING_HOST": self.server.target,
@@ -66,7 +67,7 @@ class FaultStack:
             "ALLOW_PRIVATE_URLS": "true",
             "URL_FETCH_TIMEOUT": str(fetch_timeout),
         }
-        self.gateway = Gateway(free_port(), self.workdir, env, workers=workers, threads=threads)
+        self.gateway = Gateway(gateway_port, self.workdir, env, workers=workers, threads=threads)
         self.workers = workers
         self.threads = threads
         self.fetch_timeout = fetch_timeout

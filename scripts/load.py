@@ -236,12 +236,19 @@ def load_photos(folder: Path | None, workdir: Path, count: int = 32) -> list[tup
     return [(p.name, p.read_bytes()) for p in files[::step][:count]]
 
 
-def free_port() -> int:
+def free_ports(count: int) -> list[int]:
+    """`count` different TCP ports free on 127.0.0.1 right now (held open together while they
+    are picked: two one-at-a-time picks can return the same port)."""
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 class Stack:
@@ -254,11 +261,12 @@ class Stack:
         server_args = ["--poll-seconds", "1"]
         if args.no_batching:
             server_args.append("--no-batching")
-        self.server = ModelServer(self.base, free_port(), workdir, extra=server_args)
+        server_port, gateway_port = free_ports(2)
+        self.server = ModelServer(self.base, server_port, workdir, extra=server_args)
         env = {"TF_SERVING_HOST": self.server.target, "GRPC_TIMEOUT": str(args.grpc_timeout)}
         env.update(gateway_env or {})
         self.gateway = Gateway(
-            free_port(), workdir, env, workers=args.workers, threads=args.threads
+            gateway_port, workdir, env, workers=args.workers, threads=args.threads
         )
         self.url = self.gateway.url
 

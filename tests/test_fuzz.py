@@ -85,7 +85,10 @@ def gateway(exported_model, tmp_path_factory) -> str:
     work = tmp_path_factory.mktemp("fuzz")
     base = work / "models" / "kitchenware"
     shutil.copytree(exported_model, base)
-    server = ModelServer(base, free_port(), work)
+    server_port, gateway_port = free_port(), free_port()
+    while gateway_port == server_port:  # two picks in a row can return the same port
+        gateway_port = free_port()
+    server = ModelServer(base, server_port, work)
     env = {
         "TF_SERVING_HOST": server.target,
         "ALLOW_PRIVATE_URLS": "false",  # the address guard stays on
@@ -94,7 +97,7 @@ def gateway(exported_model, tmp_path_factory) -> str:
         "MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
         "GUNICORN_LOG_LEVEL": "warning",
     }
-    gw = Gateway(free_port(), work, env, workers=1, threads=4)
+    gw = Gateway(gateway_port, work, env, workers=1, threads=4)
     server.start()
     try:
         gw.start()
