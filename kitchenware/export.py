@@ -136,9 +136,15 @@ def load_keras_model(path: str | os.PathLike):
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", default="runs/latest/best.keras", help="trained .keras file")
-    parser.add_argument("--out", default="models/kitchenware", help="model base path (TF Serving layout)")
-    parser.add_argument("--version", type=int, default=None, help="version number (default: last + 1)")
-    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="name used in the warm-up request")
+    parser.add_argument(
+        "--out", default="models/kitchenware", help="model base path (TF Serving layout)"
+    )
+    parser.add_argument(
+        "--version", type=int, default=None, help="version number (default: last + 1)"
+    )
+    parser.add_argument(
+        "--model-name", default=DEFAULT_MODEL_NAME, help="name used in the warm-up request"
+    )
 
 
 def run(args) -> int:

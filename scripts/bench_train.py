@@ -122,7 +122,9 @@ def bench_pipeline(data: Path, size: int, batch: int, epochs: int) -> None:
     print(f"| ImageDataGenerator.flow_from_directory | {idg[0]:.0f} | {later(idg):.0f} |")
     print(f"| tf.data + in-model augmentation | {ours[0]:.0f} | {later(ours):.0f} |")
     print(f"| tf.data without augmentation, no cache | {plain[0]:.0f} | {later(plain):.0f} |")
-    print(f"| tf.data without augmentation, cached | {cached[0]:.0f} | {later(cached):.0f} |")
+    print(
+        f"| tf.data without augmentation, cache already filled | {cached[0]:.0f} | {later(cached):.0f} |"
+    )
     print(
         f"| ratio (ours / ImageDataGenerator) | {ours[0] / idg[0]:.1f}x | {later(ours) / later(idg):.1f}x |"
     )
