@@ -296,6 +296,7 @@ def train(config: TrainConfig, link_latest: bool = True) -> TrainResult:
         epochs=config.epochs,
         callbacks=_callbacks(config, run_dir, None),
         verbose=config.verbose,
+        shuffle=False,  # the dataset shuffles itself (seeded)
     )
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
     history["epoch"] = [i + 1 for i in range(len(history["loss"]))]
@@ -315,6 +316,7 @@ def train(config: TrainConfig, link_latest: bool = True) -> TrainResult:
             epochs=first + config.fine_tune_epochs,
             callbacks=_callbacks(config, run_dir, max(history["val_accuracy"])),
             verbose=config.verbose,
+            shuffle=False,  # the dataset shuffles itself (seeded)
         )
         for key, values in fit2.history.items():
             history[key] += [float(v) for v in values]
