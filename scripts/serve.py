@@ -180,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         stop["signal"] = signum
         raise KeyboardInterrupt
 
+    # Explicit for SIGINT too: a shell starts background jobs with SIGINT ignored.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         base = args.model_base_path
         if not versions(base):
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 if __name__ == "__main__":
