@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import statistics
@@ -289,8 +290,6 @@ def worker_killed(stack: FaultStack, photos, clients: int = 4,
         time.sleep(settle_s)
         victim = before[0]
         killed = time.monotonic()
-        import os
-
         os.kill(victim, signal.SIGKILL)
 
         def replaced():
