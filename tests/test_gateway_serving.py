@@ -49,7 +49,9 @@ def stack(exported_model, tmp_path_factory, photos):
         shutil.copy(photo, site_root / photo.name)
     (site_root / "notes.txt").write_text("not an image")
     strict = Gateway(free_port(), work, {"TF_SERVING_HOST": server.target,
-                                         "GRPC_TIMEOUT": str(GRPC_TIMEOUT)}, workers=2)  # fmt: skip
+                                         "GRPC_TIMEOUT": str(GRPC_TIMEOUT),
+                                         "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics")},
+                     workers=2)  # fmt: skip
     lenient = Gateway(free_port(), work, {"TF_SERVING_HOST": server.target,
                                           "GRPC_TIMEOUT": str(GRPC_TIMEOUT),
                                           "ALLOW_PRIVATE_URLS": "true",
@@ -235,7 +237,9 @@ def test_health_and_readiness(stack):
     assert ready.status_code == 200 and "version 1" in ready.json()["reason"]
 
 
-def test_metrics_count_requests_across_two_workers(stack):
+def test_metrics_count_requests_across_two_workers(stack, photos):
+    assert post(stack["gw"], files={"file": ("a.jpg", photos[0].read_bytes())}).status_code == 200
+
     def scrape() -> str:
         return requests.get(stack["gw"] + "/metrics", timeout=5).text
 
@@ -251,6 +255,18 @@ def test_metrics_count_requests_across_two_workers(stack):
     assert codes == [200] * 40
     text = scrape()
     assert count(text) == before + 40
+    # Both workers answered some of them, and /metrics is the sum of their own files.
+    from prometheus_client.mmap_dict import MmapedDict
+
+    per_worker = {}
+    for db in (stack["work"] / "metrics").glob("counter_*.db"):
+        per_worker[db.stem] = sum(
+            value
+            for key, value, *_ in MmapedDict.read_all_values_from_file(str(db))
+            if '"gateway_requests_total"' in key and '"/healthz"' in key and '"200"' in key
+        )
+    assert len([n for n in per_worker.values() if n > 0]) == 2, per_worker
+    assert sum(per_worker.values()) == count(text)
     assert "gateway_model_call_duration_seconds_count" in text
     assert 'gateway_request_duration_seconds_bucket{endpoint="/predict"' in text
 
