@@ -24,10 +24,22 @@ def mini_data() -> Path:
     return MINI_DATA
 
 
+_PORTS_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, never the same one twice in this test session.
+
+    The kernel may hand back a port it just gave us if the first caller has not
+    bound it yet; remembering what we handed out rules that race out.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_HANDED_OUT:
+            _PORTS_HANDED_OUT.add(port)
+            return port
 
 
 @pytest.fixture(scope="session")
