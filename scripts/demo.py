@@ -101,17 +101,35 @@ def serve_and_classify(demo: Path) -> None:
     base = model_base(demo)
     if not versions(base):
         raise SystemExit(f"demo: no exported model under {base}; the export step must write there")
-    photos = sorted((demo / "data" / "images").glob("*.jpg"))[:4]
+    photos, truth = _unseen_photos(demo / "data", per_class=1)
     if not photos:
-        raise SystemExit(f"demo: no images under {demo / 'data' / 'images'}")
+        raise SystemExit(f"demo: no test images under {demo / 'data'}")
     log = demo / "serve.log"
     log.unlink(missing_ok=True)
     with ServingStack(base, port=free_port(), grpc_port=free_port(), log_file=log) as stack:
         print(f"model server + gateway starting (logs: {log}) ...", flush=True)
         stack.wait_ready()
         print(f"gateway ready at {stack.url}/ serving {base} (versions {versions(base)})")
+        print("true labels: " + ", ".join(f"{p.name} {truth[p.stem]}" for p in photos))
         _run_classify([str(p) for p in photos] + ["--gateway", stack.url])
     print("model server and gateway stopped")
+
+
+def _unseen_photos(data: Path, per_class: int) -> tuple[list[Path], dict[str, str]]:
+    """Test-split photos (never trained on), `per_class` of each class when labels are known."""
+    import csv
+
+    labels_file = data / "test_labels.csv"
+    if not labels_file.is_file():
+        ids = [row["Id"] for row in csv.DictReader((data / "test.csv").open())][:4]
+        return [data / "images" / f"{i}.jpg" for i in ids], dict.fromkeys(ids, "?")
+    truth = {row["Id"]: row["label"] for row in csv.DictReader(labels_file.open())}
+    chosen: dict[str, list[str]] = {}
+    for image_id, label in sorted(truth.items()):
+        if len(chosen.setdefault(label, [])) < per_class:
+            chosen[label].append(image_id)
+    ids = [i for label in sorted(chosen) for i in chosen[label]]
+    return [data / "images" / f"{i}.jpg" for i in ids], truth
 
 
 def _run_classify(argv: list[str]) -> None:
