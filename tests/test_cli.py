@@ -17,5 +17,7 @@ def test_unknown_command_is_an_error(capsys):
 
 
 def test_console_script_runs():
-    proc = subprocess.run([sys.executable, "-m", "kitchenware.cli", "--help"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kitchenware.cli", "--help"], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "prep" in proc.stdout
