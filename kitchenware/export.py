@@ -123,7 +123,10 @@ def export_saved_model(
 
 
 def load_keras_model(path: str | os.PathLike):
+    """Load a trained .keras file (our custom augmentation layer registered first)."""
     import keras
+
+    import kitchenware.augment  # noqa: F401  (registers RandomAffine for deserialisation)
 
     path = Path(path)
     if not path.is_file():

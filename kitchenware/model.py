@@ -65,16 +65,18 @@ def check_weights(weights: str) -> None:
 
 
 def augmentation(seed: int | None = None):
-    """Random flip, rotation, zoom, translation and contrast (active only in training)."""
+    """Random flip, rotation, zoom, translation (one fused warp) and contrast.
+
+    Active only in training; `inference_model` drops the whole block.
+    """
     import keras
     from keras import layers
 
+    from kitchenware.augment import RandomAffine
+
     return keras.Sequential(
         [
-            layers.RandomFlip("horizontal", seed=seed),
-            layers.RandomRotation(0.1, fill_mode="reflect", seed=seed),
-            layers.RandomZoom(0.15, fill_mode="reflect", seed=seed),
-            layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed),
+            RandomAffine(rotation=0.1, zoom=0.15, translation=0.1, seed=seed, name="affine"),
             layers.RandomContrast(0.2, seed=seed),
         ],
         name="augmentation",

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from kitchenware.cli import main
-from kitchenware.export import SIGNATURE, WARMUP_FILE, export_saved_model, next_version, versions
+from kitchenware.export import (
+    SIGNATURE,
+    WARMUP_FILE,
+    export_saved_model,
+    load_keras_model,
+    next_version,
+    versions,
+)
 from kitchenware.labels import CLASSES
 
 SIZE = 71
@@ -60,10 +67,9 @@ def test_signature_is_exactly_the_contract(loaded):
 
 @pytest.mark.slow
 def test_savedmodel_probabilities_match_keras_logits_on_real_photos(mini_run, loaded, real_photos):
-    import keras
     import tensorflow as tf
 
-    keras_model = keras.models.load_model(mini_run.best_model)
+    keras_model = load_keras_model(mini_run.best_model)
     logits = np.asarray(keras_model(real_photos, training=False), dtype=np.float64)
     expected = np.exp(logits - logits.max(axis=1, keepdims=True))
     expected /= expected.sum(axis=1, keepdims=True)
@@ -94,10 +100,9 @@ def test_warmup_record_parses_and_runs(mini_export, loaded):
 
 @pytest.mark.slow
 def test_versions_increment_and_never_overwrite(mini_run, tmp_path, capsys):
-    import keras
 
     base = tmp_path / "models"
-    model = keras.models.load_model(mini_run.best_model)
+    model = load_keras_model(mini_run.best_model)
     assert next_version(base) == 1
     export_saved_model(model, base)
     export_saved_model(model, base)

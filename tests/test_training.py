@@ -15,6 +15,7 @@ from kitchenware.cli import main
 from kitchenware.data import list_split, load_pixels, make_dataset
 from kitchenware.errors import KitchenwareError
 from kitchenware.evaluate import confusion_matrix, per_class_metrics
+from kitchenware.export import load_keras_model
 from kitchenware.labels import CLASSES
 
 SIZE = 71
@@ -172,10 +173,9 @@ def test_run_folder_has_every_artifact(disc_run):
 
 @pytest.mark.slow
 def test_best_checkpoint_is_the_best_epoch(disc_run, disc_prep):
-    import keras
 
     history = json.loads((disc_run / "history.json").read_text())
-    model = keras.models.load_model(disc_run / "best.keras")
+    model = load_keras_model(disc_run / "best.keras")
     val = list_split(disc_prep, "val")
     predicted = np.asarray(model(load_pixels(val, SIZE), training=False)).argmax(axis=1)
     accuracy = float((predicted == np.asarray(val.labels)).mean())
