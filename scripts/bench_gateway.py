@@ -19,7 +19,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -34,6 +33,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from benchlib import cpu_model  # noqa: E402
+
 MINI_DATA = Path(
     os.environ.get("KITCHENWARE_MINI_DATA", REPO.parent / "shared" / "data" / "kitchenware-mini")
 )
@@ -44,15 +45,7 @@ SETTLE_S = 0.2
 
 
 def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "date": date.today().isoformat()}
+    return {"nproc": os.cpu_count(), "cpu": cpu_model(), "date": date.today().isoformat()}
 
 
 def sample_photo() -> bytes:

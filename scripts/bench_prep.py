@@ -23,18 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchlib import cpu_model  # noqa: E402
+
 from kitchenware.prep import prepare  # noqa: E402
 from kitchenware.sample_data import generate  # noqa: E402
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _timed_prep(data: Path, out: Path, workers: int) -> tuple[float, float, dict]:
@@ -93,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"2 processes: {n_images / two:6.1f} images/s  (best of {args.repeats}: {two:.1f}s)")
         print(f"speed-up 2 vs 1 processes: {one / two:.2f}x (same data, same run)")
         print(f"hashing share of the 2-process run: {best[2][1] / two:.0%}")
-        print(f"machine: {os.cpu_count()} CPUs, {_cpu_model()}, Python {platform.python_version()}, "
+        print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}, Python {platform.python_version()}, "
               f"{date.today().isoformat()}")  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

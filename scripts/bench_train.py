@@ -30,20 +30,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "kitchenware-mini"
 
+from benchlib import cpu_model  # noqa: E402
+
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import tensorflow as tf
 
     return (
-        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+        f"{os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}, "
         f"TensorFlow {tf.__version__}, {datetime.date.today()}"
     )
 

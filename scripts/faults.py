@@ -41,8 +41,9 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "scripts"), str(REPO / "tests")]
 
+from benchlib import machine  # noqa: E402
 from gateway_stack import Gateway, ModelServer, PhotoServer, wait_for  # noqa: E402
-from load import Load, Outcome, export_fresh_model, free_ports, load_photos, machine  # noqa: E402
+from load import Load, Outcome, export_fresh_model, free_ports, load_photos  # noqa: E402
 
 READY_TIMEOUT_S = 180.0
 # A client that gets an error waits this long before its next request (as real clients

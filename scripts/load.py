@@ -23,14 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +37,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from benchlib import machine  # noqa: E402
 from gateway_stack import Gateway, ModelServer  # noqa: E402
 
 MINI_IMAGES = REPO.parent / "shared" / "data" / "kitchenware-mini" / "images"
@@ -285,23 +284,6 @@ class Stack:
     def __exit__(self, *exc) -> None:
         self.gateway.stop()
         self.server.stop()
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
 
 
 # -- the two modes ----------------------------------------------------------------------
