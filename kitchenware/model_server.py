@@ -179,6 +179,14 @@ class StatsWriter:
         self.write()
 
 
+def read_stats(path: str | os.PathLike) -> dict:
+    """The stats file as StatsWriter last wrote it; {} before its first write."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def build_services(manager, model_name: str, stats=None):
     """The gRPC servicers (PredictionService, ModelService) bound to a VersionManager."""
     import grpc

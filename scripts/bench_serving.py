@@ -34,6 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from benchlib import cpu_model  # noqa: E402
 from serve import free_port  # noqa: E402
 
+from kitchenware.model_server import read_stats  # noqa: E402
+
 
 def offline_throughput(model_dir: Path, size: int, batch: int, repeats: int) -> float:
     import numpy as np
@@ -78,10 +80,7 @@ class Server:
                 time.sleep(0.5)
 
     def stats(self) -> dict:
-        try:
-            return json.loads(self.stats_file.read_text()).get("stats", {})
-        except (OSError, ValueError):
-            return {}
+        return read_stats(self.stats_file).get("stats", {})
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)

@@ -45,6 +45,8 @@ from benchlib import machine  # noqa: E402
 from gateway_stack import Gateway, ModelServer, PhotoServer, wait_for  # noqa: E402
 from load import Load, Outcome, export_fresh_model, free_ports, load_photos  # noqa: E402
 
+from kitchenware.model_server import read_stats  # noqa: E402
+
 READY_TIMEOUT_S = 180.0
 # A client that gets an error waits this long before its next request (as real clients
 # back off), so a fast stream of 503s does not starve the restarting model server of CPU.
@@ -90,10 +92,7 @@ class FaultStack:
         self.server.stop()
 
     def stats(self) -> dict:
-        try:
-            return json.loads(self.stats_file.read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_stats(self.stats_file)
 
     def __enter__(self) -> FaultStack:
         return self.start()

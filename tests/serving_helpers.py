@@ -10,7 +10,6 @@ batch counts); `stop()` sends SIGTERM and returns the exit code; `kill()` is SIG
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -23,6 +22,8 @@ from pathlib import Path
 import grpc
 from conftest import REPO, free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kitchenware.model_server import read_stats
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -123,10 +124,7 @@ class ModelServerProcess:
         raise TimeoutError(f"stats never matched; last {stats}\n{self.log()}")
 
     def stats(self) -> dict:
-        try:
-            return json.loads(self.stats_file.read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_stats(self.stats_file)
 
     def log(self) -> str:
         try:
