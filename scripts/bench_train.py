@@ -2,6 +2,7 @@
 
   python scripts/bench_train.py pipeline [--data KAGGLE_DIR]   # tf.data vs ImageDataGenerator
   python scripts/bench_train.py step                           # train step + export time at 299
+  python scripts/bench_train.py augment                        # fused warp vs Keras' 4 layers
 
 `pipeline` preps the Kaggle-layout data (kitchenware-mini by default), then in
 the same run feeds its train split at 299 px through (a) Keras'
@@ -157,6 +158,44 @@ def bench_step(size: int, batch: int, steps: int) -> None:
         print(f"| export SavedModel (+ warm-up record) | {time.perf_counter() - start:.1f} |")
 
 
+def bench_augment(size: int, batch: int, rounds: int) -> None:
+    """Our augmentation block vs Keras' separate flip/rotation/zoom/translation layers."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from keras import layers
+
+    from kitchenware.model import augmentation
+
+    separate = keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=1),
+            layers.RandomRotation(0.1, fill_mode="reflect", seed=1),
+            layers.RandomZoom(0.15, fill_mode="reflect", seed=1),
+            layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=1),
+            layers.RandomContrast(0.2, seed=1),
+        ]
+    )
+    fused = augmentation(seed=1)
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.integers(0, 256, (batch, size, size, 3)).astype("float32"))
+    run_separate = tf.function(lambda x: separate(x, training=True))
+    run_fused = tf.function(lambda x: fused(x, training=True))
+    run_separate(images), run_fused(images)  # trace both first
+    print(f"machine: {machine()}")
+    print(f"batch of {batch} at {size} px, {rounds} rounds, alternating")
+    print("| round | Keras layers s | fused s | ratio |")
+    print("|---|---:|---:|---:|")
+    for i in range(rounds):
+        start = time.perf_counter()
+        run_separate(images).numpy()
+        a = time.perf_counter() - start
+        start = time.perf_counter()
+        run_fused(images).numpy()
+        b = time.perf_counter() - start
+        print(f"| {i + 1} | {a:.3f} | {b:.3f} | {a / b:.1f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -171,9 +210,15 @@ def main() -> None:
     s.add_argument("--size", type=int, default=299)
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--steps", type=int, default=3)
+    a = sub.add_parser("augment", help="fused augmentation warp vs Keras' separate layers")
+    a.add_argument("--size", type=int, default=299)
+    a.add_argument("--batch-size", type=int, default=32)
+    a.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if args.what == "pipeline":
         bench_pipeline(args.data, args.size, args.batch_size, args.epochs)
+    elif args.what == "augment":
+        bench_augment(args.size, args.batch_size, args.rounds)
     else:
         bench_step(args.size, args.batch_size, args.steps)
 
