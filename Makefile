@@ -93,9 +93,15 @@ load-sweep: venv  # latency percentiles vs concurrency -> docu/images/latency_vs
 faults: venv  # model server killed, slow URLs, worker SIGKILL, broken version, under load
 	$(BIN)/python scripts/faults.py
 
-bench: venv  # every benchmark script in turn (each prints its figures and the machine)
+# ImageDataGenerator (the baseline of bench_train.py pipeline) lives in tf-keras;
+# --no-deps because tf-keras declares full tensorflow, which would overwrite tensorflow-cpu.
+TF_KERAS := tf-keras==2.21.0
+
+bench: venv gateway-venv  # every benchmark script in turn (each prints its figures and the machine)
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(TF_KERAS)
 	$(BIN)/python scripts/bench_prep.py
 	$(BIN)/python scripts/bench_train.py pipeline
+	$(BIN)/python scripts/bench_train.py augment
 	$(BIN)/python scripts/bench_train.py step
 	$(BIN)/python scripts/bench_serving.py
 	$(BIN)/python scripts/bench_gateway.py all
