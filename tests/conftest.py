@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MINI_DATA = Path(os.environ.get("KITCHENWARE_MINI_DATA", REPO.parent / "shared" / "data" / "kitchenware-mini"))
+MINI_DATA = Path(
+    os.environ.get("KITCHENWARE_MINI_DATA", REPO.parent / "shared" / "data" / "kitchenware-mini")
+)
 # Tiny sizes keep TensorFlow tests fast on 2 CPU cores (Xception's minimum is 71).
 TINY_SIZE = 71
 
@@ -77,8 +79,17 @@ def mini_run(mini_prep, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs") / "mini"
     config = TrainConfig(
-        data=str(mini_prep), out=str(out), backbone="mobilenet_v2", size=TINY_SIZE,
-        weights="none", inner=16, dropout=0.0, augment=True, epochs=2, batch_size=16,
-        patience=10, verbose=0,
+        data=str(mini_prep),
+        out=str(out),
+        backbone="mobilenet_v2",
+        size=TINY_SIZE,
+        weights="none",
+        inner=16,
+        dropout=0.0,
+        augment=True,
+        epochs=2,
+        batch_size=16,
+        patience=10,
+        verbose=0,
     )
     return train(config)
