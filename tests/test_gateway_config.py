@@ -167,6 +167,14 @@ def test_unknown_routes_and_methods_answer_json(client):
     assert "POST" in response.headers["Allow"]
 
 
+def test_invented_methods_do_not_grow_the_metrics(client):
+    for method in ("BREW", "X1", "X2"):
+        _error(client.open("/predict", method=method), 405, "method_not_allowed")
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'method="other",status="405"} 3.0' in metrics
+    assert "BREW" not in metrics and "X1" not in metrics
+
+
 def test_health_and_page_need_no_model_server(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     page = client.get("/")

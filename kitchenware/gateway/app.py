@@ -31,6 +31,9 @@ log = logging.getLogger("kitchenware.gateway")
 FALLBACK_IMAGE_SIZE = 299
 MAX_PARALLEL_DOWNLOADS = 8
 READY_TIMEOUT_S = 3.0
+# Metric label values must come from a fixed set: any other method a client invents
+# is counted as "other", so it cannot grow the metrics without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -221,8 +224,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     def finish(response: Response) -> Response:
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
         started = g.get("started", time.perf_counter())
+        method = request.method if request.method in KNOWN_METHODS else "other"
         gateway.metrics.observe_request(
-            endpoint, request.method, response.status_code, time.perf_counter() - started
+            endpoint, method, response.status_code, time.perf_counter() - started
         )
         for header, value in SECURITY_HEADERS.items():
             response.headers.setdefault(header, value)
