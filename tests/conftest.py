@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "netguard"))
+import loopback_only  # noqa: E402
+
+# Tests may connect to loopback only: a refused-URL test cannot reach 10.x or
+# 169.254.169.254 even if the code under test failed to refuse it.
+loopback_only.install()
 MINI_DATA = Path(
     os.environ.get("KITCHENWARE_MINI_DATA", REPO.parent / "shared" / "data" / "kitchenware-mini")
 )

@@ -2,6 +2,8 @@
 
 Everything listens on 127.0.0.1 only. The gateway runs under the TensorFlow-free
 `.venv-gateway` when it exists (as in production), else under this interpreter.
+Gateways started here may open connections to loopback addresses only (tests/netguard),
+so a refused-URL test cannot reach the network even if the gateway's guard broke.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 GATEWAY_VENV_PYTHON = REPO / ".venv-gateway" / "bin" / "python"
+NETGUARD = REPO / "tests" / "netguard"
 
 
 def gateway_python() -> str:
@@ -116,7 +119,8 @@ class Gateway(Process):
             k: v for k, v in os.environ.items() if not k.startswith(("PROMETHEUS", "GUNICORN"))
         }
         full_env.update(
-            PYTHONPATH=str(REPO),
+            # tests/netguard's sitecustomize: the workers may connect to loopback only.
+            PYTHONPATH=os.pathsep.join([str(REPO), str(NETGUARD)]),
             GUNICORN_BIND=f"127.0.0.1:{port}",
             GUNICORN_WORKERS=str(workers),
             GUNICORN_THREADS=str(threads),
