@@ -114,6 +114,7 @@ def _error(response, status, code):
     "kwargs, fragment",
     [
         (dict(data="{not json", content_type="application/json"), "not valid JSON"),
+        (dict(data="[" * 50_000 + "]" * 50_000, content_type="application/json"), "too deeply"),
         (dict(json=["http://x"]), "expected a JSON object"),
         (dict(json={"link": "http://x"}), "exactly one of the keys"),
         (dict(json={"url": "http://x", "image": "aGk="}), "found: url, image"),

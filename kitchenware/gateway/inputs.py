@@ -63,7 +63,10 @@ def parse_predict_request(request: Request, max_batch: int, max_image_bytes: int
 
 
 def _from_json(request: Request, max_image_bytes: int) -> ParsedRequest:
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # `silent` covers ValueError only; "[[[[..." exhausts the stack
+        raise BadRequest("the JSON body is nested too deeply") from None
     if body is None:
         raise BadRequest("the body is not valid JSON")
     if not isinstance(body, dict):
