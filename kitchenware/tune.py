@@ -2,7 +2,9 @@
 
 Each combination of --lr, --inner, --dropout and --augment trains into
 DIR/trials/<name>/. A trial counts as finished once its history.json exists;
-on rerun finished trials are skipped and an interrupted one starts over.
+on rerun finished trials are skipped and an interrupted one starts over. A
+finished trial trained with other settings (another --epochs, --size, ...)
+stops the run instead of being mixed into the results.
 After every trial DIR/results.csv, DIR/results.md (sorted by best validation
 accuracy) and DIR/best.json (the winning configuration) are rewritten.
 """
@@ -13,6 +15,7 @@ import csv
 import itertools
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 from kitchenware.errors import KitchenwareError
@@ -109,24 +112,67 @@ def write_results(out: Path, rows: list[dict], base: TrainConfig) -> None:
     (out / "best.json").write_text(json.dumps({"result": best, "config": config}, indent=2) + "\n")
 
 
+# Settings that do not change a trial's result: a rerun may differ in these.
+_NOT_COMPARED = ("out", "verbose", "cache")
+
+
+def _changed_settings(config: TrainConfig, run_dir: Path) -> list[str]:
+    """Settings of a finished trial (its config.json) that differ from `config`."""
+    saved = json.loads((run_dir / "config.json").read_text())
+    wanted = json.loads(json.dumps(asdict(config)))  # tuples -> lists, as saved
+    changed = []
+    for key, value in wanted.items():
+        if key in _NOT_COMPARED:
+            continue
+        old = saved.get(key)
+        if key == "data" and old is not None:
+            same = Path(old).resolve() == Path(value).resolve()
+        else:
+            same = old == value
+        if not same:
+            changed.append(f"{key} {old!r} -> {value!r}")
+    return changed
+
+
 def tune(base: TrainConfig, params: list[dict], out: Path) -> list[dict]:
-    """Run every missing trial; returns all result rows (finished earlier or now)."""
+    """Run every missing trial; returns all result rows (finished earlier or now).
+
+    Every trial's settings are checked before the first one trains, and a
+    finished trial is reused only if it was trained with the same settings.
+    """
+    trials_dir = out / "trials"
+    configs = [
+        TrainConfig(**{**asdict(base), **p, "out": str(trials_dir / trial_name(**p))})
+        for p in params
+    ]
     validate(base)  # bad data or flags fail before the first trial
+    for config in configs:
+        validate(config)  # and so do bad grid values (--dropout 1.5)
+    stale = {
+        c.out: changed
+        for c in configs
+        if (Path(c.out) / "history.json").is_file()
+        and (changed := _changed_settings(c, Path(c.out)))
+    }
+    if stale:
+        listed = "; ".join(f"{Path(k).name}: {', '.join(v)}" for k, v in stale.items())
+        raise KitchenwareError(
+            f"{out} holds finished trials trained with other settings ({listed}); "
+            "use another --out, or delete those trial folders to retrain them"
+        )
     import keras
 
-    trials_dir = out / "trials"
     trials_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    for number, p in enumerate(params, 1):
+    for number, (p, config) in enumerate(zip(params, configs, strict=True), 1):
         name = trial_name(**p)
-        run_dir = trials_dir / name
+        run_dir = Path(config.out)
         if (run_dir / "history.json").is_file():
             print(f"[{number}/{len(params)}] {name}: finished earlier, skipped")
         else:
             if run_dir.exists():  # interrupted: start that trial over
                 shutil.rmtree(run_dir)
             print(f"[{number}/{len(params)}] {name}: training")
-            config = TrainConfig(**{**base.__dict__, **p, "out": str(run_dir)})
             train(config, link_latest=False)
             keras.backend.clear_session()
         rows.append(_row_from_run(name, p, run_dir))

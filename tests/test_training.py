@@ -377,6 +377,24 @@ def test_tune_grid_writes_results_and_resumes(sample_prep, tmp_path, capsys):
     with (out / "results.csv").open() as f:
         assert list(csv.DictReader(f)) == rows
 
+    # rerun with other settings: refused, the old results are not mixed into new ones
+    epochs = args.index("--epochs") + 1
+    assert main([*args[:epochs], "2", *args[epochs + 1 :]]) == 2
+    err = capsys.readouterr().err
+    assert "trained with other settings" in err and "epochs 1 -> 2" in err
+    assert {p: p.stat().st_mtime_ns for p in out.glob("trials/*/best.keras")} == stamps
+
+
+def test_tune_checks_every_grid_value_before_training(disc_prep, tmp_path, capsys):
+    out = tmp_path / "tune"
+    args = [
+        "tune", "--data", str(disc_prep), "--out", str(out), "--lr", "0.001", "--inner", "0",
+        "--dropout", "0,1.5", "--augment", "off", "--size", str(SIZE), "--weights", "none",
+    ]  # fmt: skip
+    assert main(args) == 2
+    assert "--dropout must be in [0, 1), got 1.5" in capsys.readouterr().err
+    assert not out.exists()  # the valid first trial did not train either
+
 
 # --- evaluation -----------------------------------------------------------------------
 
