@@ -131,8 +131,11 @@ def read_layout(data: Path) -> Layout:
         raise KitchenwareError(f"{data / 'train.csv'} has a header but no rows")
     bad = unknown_labels(row["label"] for row in train_rows)
     if bad:
+        # An Id names the row; a row without one is named by its line in the file.
+        where = [r["Id"] or f"<none, line {n}>" for n, r in enumerate(train_rows, 2)]
         examples = {
-            label: [r["Id"] for r in train_rows if r["label"] == label][:3] for label in bad
+            label: [w for w, r in zip(where, train_rows, strict=True) if r["label"] == label][:3]
+            for label in bad
         }
         listed = "; ".join(
             f"{label or '(empty)'!r} (e.g. Id {', '.join(ids)})" for label, ids in examples.items()

@@ -5,7 +5,7 @@ Reads DATA/train.csv, DATA/test.csv and DATA/images/<Id>.jpg, and writes
   OUT/train/<class>/<Id>.jpg   training images (one per duplicate group)
   OUT/val/<class>/<Id>.jpg     validation images (stratified, seeded, exact counts)
   OUT/test/<Id>.jpg            every readable test image (never removed)
-  OUT/manifest.csv             Id,label,split,sha256,group,note for every CSV row
+  OUT/manifest.csv             Id,label,split,sha256,group,note for every CSV row with an Id
   OUT/report.json              duplicates, conflicts, leaks, bad and missing files
 
 Duplicates are found across train and test: exact (same sha256) and near
@@ -308,6 +308,10 @@ def summary(plan: Plan, data: Path, out: Path) -> str:
         f"other excluded rows: {r['counts']['excluded'] - conflicted - d['train_removed'] - len(r['bad_files']) - len(r['missing_files'])}; "
         f"images not in any CSV: {r['notes']['unlisted_images']['count']}"
     )
+    no_id = r["notes"].get("rows_without_id", {})
+    if no_id:
+        counts = ", ".join(f"{n} in {name}.csv" for name, n in sorted(no_id.items()))
+        lines.append(f"rows without an Id (left out, not in the manifest): {counts}")
     lines.append(f"wrote {out}/ (manifest.csv, report.json)")
     return "\n".join(lines)
 

@@ -294,6 +294,21 @@ def test_unknown_labels_stop_before_anything_is_written(tiny, tmp_path, capsys):
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
+def test_rows_without_an_id_are_named_and_counted(tiny, tmp_path, capsys):
+    rows = [[r["Id"], r["label"]] for r in _rows(tiny / "train.csv")]
+    _write_rows(tiny / "train.csv", ["Id", "label"], [*rows, ["", "cup"]])
+    out = tmp_path / "out"
+    assert main(["prep", "--data", str(tiny), "--out", str(out), "--no-progress"]) == 0
+    assert "rows without an Id (left out, not in the manifest): 1 in train.csv" in (
+        capsys.readouterr().out
+    )
+    assert json.loads((out / "report.json").read_text())["notes"]["rows_without_id"] == {"train": 1}
+    # A blank row (spreadsheets write ",") has no label either: named by its line.
+    _write_rows(tiny / "train.csv", ["Id", "label"], [*rows, ["", ""]])
+    assert main(["prep", "--data", str(tiny), "--out", str(tmp_path / "o2"), "--no-progress"]) == 2
+    assert f"'(empty)' (e.g. Id <none, line {len(rows) + 2}>)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
