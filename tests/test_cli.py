@@ -1,5 +1,8 @@
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from kitchenware.cli import COMMANDS, main
 
@@ -21,3 +24,23 @@ def test_console_script_runs():
         [sys.executable, "-m", "kitchenware.cli", "--help"], capture_output=True, text=True
     )
     assert proc.returncode == 0 and "prep" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "command"),
+    [("dataprep.py", "prep"), ("train.py", "train"), ("convert.py", "export")],
+)
+def test_seed_scripts_take_the_same_flags_as_their_command(script, command):
+    """The original project's entry points stay, as thin files over the subcommands."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def help_text(*argv):
+        proc = subprocess.run(
+            [sys.executable, *argv, "--help"], capture_output=True, text=True, cwd=repo
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    seed = help_text(str(repo / script))
+    assert "--data" in seed or "--model" in seed
+    assert seed == help_text("-m", "kitchenware.cli", command)
