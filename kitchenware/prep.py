@@ -81,7 +81,8 @@ class Plan:
     report: dict = field(default_factory=dict)
 
 
-def _group_names(entries: list[Entry], roots: list[int]) -> dict[int, list[int]]:
+def _group_members(roots: list[int]) -> dict[int, list[int]]:
+    """root -> indices of the items in its group."""
     members: dict[int, list[int]] = defaultdict(list)
     for i, root in enumerate(roots):
         members[root].append(i)
@@ -118,7 +119,7 @@ def plan_output(
     roots, near_links = group_duplicates(
         shas, [prints[e.id].phash for e in valid], near_dup_distance
     )
-    groups = _group_names(valid, roots)
+    groups = _group_members(roots)
     group_of: dict[tuple[str, str], str] = {}
     report_groups, conflicts, leaks, removed = [], [], [], []
     split_input: dict[str, tuple[str, str]] = {}

@@ -41,13 +41,15 @@ def stratified_group_split(
     quota; with single-image groups (what prep passes after keeping one
     image per duplicate group) the quota is met exactly.
     """
+    labels_of: dict[str, set[str]] = defaultdict(set)
+    for label, group in items.values():
+        labels_of[group].add(label)
+    mixed = sorted(group for group, labels in labels_of.items() if len(labels) > 1)
+    if mixed:  # it would be split per class, i.e. straddle train and val
+        raise ValueError(f"group(s) {', '.join(mixed[:5])} mix labels")
     groups: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for item_id, (label, group) in items.items():
         groups[label][group].append(item_id)
-    for label, members in groups.items():
-        for group, ids in members.items():
-            if len({items[i][0] for i in ids}) != 1:
-                raise ValueError(f"group {group} mixes labels (class {label})")
 
     counts = {label: sum(len(ids) for ids in members.values()) for label, members in groups.items()}
     quotas = class_quotas(counts, val_frac)

@@ -513,6 +513,8 @@ def test_random_corruption_of_a_copy(sample, tmp_path):
 def test_quotas_add_up_and_groups_never_straddle():
     from kitchenware.splitting import class_quotas, stratified_group_split
 
+    with pytest.raises(ValueError, match="g1 mix labels"):
+        stratified_group_split({"a": ("cup", "g1"), "b": ("fork", "g1")}, 0.5, seed=0)
     # 1.4, 1.4, 0.2 -> floors 1, 1, 0; one more to reach round(3.0): the tie goes to "cup".
     assert class_quotas({"cup": 7, "fork": 7, "glass": 1}, 0.2) == {"cup": 2, "fork": 1, "glass": 0}
     rng = np.random.default_rng(5)
