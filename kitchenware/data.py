@@ -19,7 +19,9 @@ from kitchenware.errors import KitchenwareError
 from kitchenware.images import load_image
 from kitchenware.labels import CLASSES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# prep keeps each file's own suffix, and Kaggle's images/ may hold any format
+# load_image reads: accept all of them here, or train would call them strays.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)

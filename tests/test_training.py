@@ -124,6 +124,11 @@ def test_list_split_rejects_bad_prep_folders(tmp_path, disc_prep):
     (tmp_path / "empty" / "train").mkdir()
     with pytest.raises(KitchenwareError, match="no images"):
         list_split(tmp_path / "empty", "train")
+    # prep keeps a file's own suffix: every format load_image reads is an image here
+    (tmp_path / "formats" / "train" / "cup").mkdir(parents=True)
+    for suffix in ("jpg", "png", "webp", "bmp"):
+        Image.new("RGB", (8, 8), "red").save(tmp_path / "formats" / "train" / "cup" / f"1.{suffix}")
+    assert len(list_split(tmp_path / "formats", "train", require_all_classes=False)) == 4
     stray = disc_prep / "train" / "bowl"
     stray.mkdir()
     try:
