@@ -111,6 +111,11 @@ def plot_misclassified(items: list[dict], path: Path, size: int) -> None:
 
 def evaluate(model_path, data, split: str = "val", out=None, batch_size: int = 32) -> dict:
     """Evaluate and write the report files; returns the report dict."""
+    if split == "test":
+        raise KitchenwareError(
+            "the test split has no labels: evaluate --split val or train "
+            "(`kitchenware submit` predicts the test images)"
+        )
     split_files = list_split(data, split, require_all_classes=False)
     from kitchenware.export import load_keras_model
     from kitchenware.model import image_size_of

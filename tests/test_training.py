@@ -455,6 +455,12 @@ def test_evaluate_writes_report_and_figures(disc_run, disc_prep, tmp_path):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_evaluate_refuses_the_unlabelled_test_split(tmp_path, capsys):
+    args = ["evaluate", "--model", str(tmp_path / "m.keras"), "--data", str(tmp_path)]
+    assert main([*args, "--split", "test"]) == 2
+    assert "the test split has no labels" in capsys.readouterr().err
+
+
 # --- submission -----------------------------------------------------------------------
 
 
