@@ -27,9 +27,11 @@ RESAMPLE = Image.Resampling.BILINEAR
 
 ImageSource = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
 
-# Our own guard runs first; Pillow's global bomb check must not pre-empt it with
-# a different exception type (or a mere warning).
-Image.MAX_IMAGE_PIXELS = None
+# Photo formats we decode. Everything else Pillow could open (EPS hands the file
+# to Ghostscript, PSD, ICO, exotic TIFF codecs, ...) is refused as "not an
+# image": the gateway decodes bytes from strangers. (Pillow's JPEG opener also
+# covers MPO, the multi-picture JPEG some cameras write.)
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 
 
 def _open(source: ImageSource) -> Image.Image:
@@ -42,9 +44,15 @@ def _open(source: ImageSource) -> Image.Image:
         if isinstance(source, (str, os.PathLike)) and Path(source).stat().st_size == 0:
             raise ImageError(f"empty file (0 bytes): {source}")
     try:
-        return Image.open(fp)
+        with warnings.catch_warnings():
+            # Pillow warns (and past twice its limit raises) about huge images;
+            # load_image applies its own, lower, max_pixels right after opening.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(fp, formats=FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image is too large: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError("not a recognised image format") from exc
+        raise ImageError(f"not a recognised image format (accepted: {', '.join(FORMATS)})") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"cannot read image: {exc}") from exc
 

@@ -153,6 +153,8 @@ class Gateway:
         for item, data in zip(items, raw, strict=True):
             try:
                 width, height = image_size(data)
+            except ImageTooLarge as exc:
+                raise errors.TooLarge(f"{item.label}: {exc}") from None
             except ImageError as exc:
                 raise errors.NotAnImage(f"{item.label} is not a decodable image: {exc}") from None
             if width * height > self.settings.max_image_pixels:
