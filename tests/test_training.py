@@ -299,6 +299,8 @@ def test_train_refuses_missing_weights_file(disc_prep, tmp_path, capsys):
     assert "expected 'imagenet', 'none' or an existing weights file" in capsys.readouterr().err
 
 
+# Keras warns once per nested container while it tries the mismatched file.
+@pytest.mark.filterwarnings("ignore:Skipping nested container:UserWarning")
 def test_train_refuses_weights_of_another_backbone(disc_prep, tmp_path, capsys):
     from kitchenware.model import build_backbone
 
