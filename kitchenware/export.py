@@ -10,6 +10,12 @@ The SavedModel carries its own contract, so no client hard-codes anything:
 It is written to `BASE/<version>/` (TF Serving's layout) through a temporary
 folder that is renamed into place, so a model server polling BASE never sees a
 half-written version. A warm-up request in TF Serving's format is included.
+
+`--format tflite` (repeatable, or comma-separated) also writes the same model
+as TFLite to `BASE-tflite/<version>/model.tflite` plus `classes.json` (TFLite
+has no string output), beside the base path so that neither TF Serving nor our
+model server ever mistakes it for a version; see `kitchenware.tflite`. The
+SavedModel is always written.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_CLASSES = "classes"
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 DEFAULT_MODEL_NAME = "kitchenware"
+FORMATS = ("savedmodel", "tflite")
 
 
 def versions(base_dir: str | os.PathLike) -> list[int]:
@@ -46,6 +53,16 @@ def next_version(base_dir: str | os.PathLike) -> int:
     base = Path(base_dir)
     taken = [int(p.name) for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
     return max(taken, default=0) + 1
+
+
+def free_version_dir(base_dir: str | os.PathLike, version: int) -> Path:
+    """BASE/<version> if the number is valid and not taken, else a clear error."""
+    if version < 1:
+        raise KitchenwareError(f"--version must be a positive integer, got {version}")
+    target = Path(base_dir) / str(version)
+    if target.exists():
+        raise KitchenwareError(f"{target} already exists; choose another --version")
+    return target
 
 
 def serving_function(model, classes=CLASSES):
@@ -99,11 +116,7 @@ def export_saved_model(
     base = Path(base_dir)
     base.mkdir(parents=True, exist_ok=True)
     version = next_version(base) if version is None else int(version)
-    if version < 1:
-        raise KitchenwareError(f"--version must be a positive integer, got {version}")
-    target = base / str(version)
-    if target.exists():
-        raise KitchenwareError(f"{target} already exists; choose another --version")
+    target = free_version_dir(base, version)
 
     from kitchenware.model import inference_model
 
@@ -148,10 +161,48 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--model-name", default=DEFAULT_MODEL_NAME, help="name used in the warm-up request"
     )
+    parser.add_argument(
+        "--format",
+        action="append",
+        default=[],
+        metavar="FORMAT",
+        help="extra artifact next to the SavedModel (always written): tflite -> OUT-tflite/"
+        "<version>/; repeatable or comma-separated",
+    )
+
+
+def parse_formats(values) -> set[str]:
+    """`--format` values (each maybe a comma list) as a set; always holds savedmodel."""
+    chosen = {"savedmodel"}
+    for value in values or []:
+        for name in value.split(","):
+            name = name.strip().lower()
+            if name not in FORMATS:
+                raise KitchenwareError(
+                    f"unknown --format {name!r}; choose from {', '.join(FORMATS)}"
+                )
+            chosen.add(name)
+    return chosen
 
 
 def run(args) -> int:
+    formats = parse_formats(args.format)
     model = load_keras_model(args.model)
-    target = export_saved_model(model, args.out, args.version, args.model_name)
+    version = next_version(args.out) if args.version is None else args.version
+    tflite = None
+    if "tflite" in formats:
+        from kitchenware import tflite as tflite_export
+
+        # Both folders checked before the (slow) conversion, so a clash writes nothing.
+        free_version_dir(args.out, version)
+        tflite_dir = tflite_export.tflite_base(args.out)
+        free_version_dir(tflite_dir, version)
+        tflite = tflite_export.convert(model)
+    target = export_saved_model(model, args.out, version, args.model_name)
     print(f"exported {args.model} -> {target}")
+    if tflite is not None:
+        size = int(model.input_shape[1])
+        written = tflite_export.write_tflite(tflite, tflite_dir, version, size)
+        model_file = written / tflite_export.MODEL_FILE
+        print(f"exported {args.model} -> {model_file} ({len(tflite)} bytes)")
     return 0
