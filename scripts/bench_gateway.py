@@ -65,7 +65,9 @@ def sample_photo() -> bytes:
 # -- e2e + memory --------------------------------------------------------------------
 
 
-def e2e_and_memory(size: int, repeats: int, do_e2e: bool = True) -> dict:
+def e2e_and_memory(
+    size: int, repeats: int, do_e2e: bool = True, server_args: list[str] | None = None
+) -> dict:
     import numpy as np
     import requests
     import tensorflow as tf
@@ -85,7 +87,7 @@ def e2e_and_memory(size: int, repeats: int, do_e2e: bool = True) -> dict:
             return serve(image=tf.constant(pixels))["probabilities"].numpy()
 
         stack = ServingStack(base, free_port(), free_port(), workers=1,
-                             log_file=workdir / "serve.log")  # fmt: skip
+                             log_file=workdir / "serve.log", server_args=server_args)  # fmt: skip
         with stack, requests.Session() as session:
             stack.wait_ready()
 
@@ -240,11 +242,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=299, help="model input size")
     parser.add_argument("--repeats", type=int, default=30, help="timed requests per side")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--no-batching",
+        action="store_true",
+        help="start the model server with --no-batching (a lone request then skips the batch wait)",
+    )
     args = parser.parse_args(argv)
     result = {"command": "python scripts/bench_gateway.py " + " ".join(argv or sys.argv[1:])}
     result["machine"] = machine()
     if args.what in ("e2e", "memory", "all"):
-        result.update(e2e_and_memory(args.size, args.repeats, do_e2e=args.what != "memory"))
+        server_args = ["--no-batching"] if args.no_batching else []
+        result.update(e2e_and_memory(args.size, args.repeats, args.what != "memory", server_args))
     if args.what in ("draft", "all"):
         result.update(draft(max(5, args.repeats // 3)))
     text = json.dumps(result, indent=2)

@@ -57,8 +57,10 @@ class ServingStack:
         workers: int = 2,
         log_file: Path | None = None,
         gateway_env: dict[str, str] | None = None,
+        server_args: list[str] | None = None,
     ) -> None:
         self.model_base = Path(model_base)
+        self.server_args = list(server_args or [])
         self.host = host
         self.port = port
         self.grpc_port = grpc_port
@@ -84,7 +86,7 @@ class ServingStack:
             "model server",
             [sys.executable, "-m", "kitchenware.cli", "model-server",
              "--model-base-path", str(self.model_base), "--host", "127.0.0.1",
-             "--port", str(self.grpc_port)],
+             "--port", str(self.grpc_port), *self.server_args],
             base_env,
         )  # fmt: skip
         gateway_env = dict(
