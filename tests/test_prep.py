@@ -227,9 +227,13 @@ def test_mini_data_planted_and_existing_duplicates(mini_data, tmp_path):
     manifest = {r["Id"]: r for r in _rows(out / "manifest.csv")}
     for new, original in planted.items():
         assert manifest[new]["group"] == manifest[original]["group"]
-    by_sha = defaultdict(list)
+    by_sha = defaultdict(list)  # hashed here, independently of prep
     for row in manifest.values():
-        by_sha[row["sha256"]].append(row["Id"])
+        image = data / "images" / f"{row['Id']}.jpg"
+        if image.is_file():
+            digest = hashlib.sha256(image.read_bytes()).hexdigest()
+            assert row["sha256"] == digest, row["Id"]
+            by_sha[digest].append(row["Id"])
     exact = [ids for sha, ids in by_sha.items() if sha and len(ids) > 1]
     assert exact  # kitchenware-mini has byte-identical copies
     for ids in exact:
