@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from kitchenware.errors import KitchenwareError
@@ -63,6 +65,23 @@ def free_version_dir(base_dir: str | os.PathLike, version: int) -> Path:
     if target.exists():
         raise KitchenwareError(f"{target} already exists; choose another --version")
     return target
+
+
+@contextmanager
+def staged_dir(target: Path) -> Iterator[Path]:
+    """A temporary folder beside `target`, renamed to it when the block succeeds.
+
+    On any failure (or Ctrl-C) the staging folder is deleted, so a reader of
+    the parent folder (a model server polling for versions) never sees a
+    half-written `target`.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield staging
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def serving_function(model, classes=CLASSES):
@@ -124,14 +143,9 @@ def export_saved_model(
     module = tf.Module()
     module.model = model
     module.serve = serving_function(model)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=base))
-    try:
+    with staged_dir(target) as staging:
         tf.saved_model.save(module, str(staging), signatures={SIGNATURE: module.serve})
         write_warmup(staging, int(model.input_shape[1]), model_name)
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

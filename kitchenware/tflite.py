@@ -24,11 +24,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
-from kitchenware.export import INPUT, OUTPUT_PROBABILITIES, SIGNATURE, free_version_dir
+from kitchenware.export import (
+    INPUT,
+    OUTPUT_PROBABILITIES,
+    SIGNATURE,
+    free_version_dir,
+    staged_dir,
+)
 from kitchenware.labels import CLASSES
 
 MODEL_FILE = "model.tflite"
@@ -86,14 +91,9 @@ def write_tflite(
     base = Path(base)
     base.mkdir(parents=True, exist_ok=True)
     target = free_version_dir(base, version)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=base))
-    try:
+    with staged_dir(target) as staging:
         (staging / MODEL_FILE).write_bytes(content)
         (staging / CLASSES_FILE).write_text(json.dumps(sidecar(size, classes), indent=2) + "\n")
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 
