@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("kitchenware.tune", "grid search over training hyper-parameters"),
     "evaluate": ("kitchenware.evaluate", "accuracy, per-class metrics and confusion matrix"),
     "submit": ("kitchenware.submit", "write a Kaggle submission.csv"),
+    "weights": ("kitchenware.weights", "pretrained backbone weights: extract or fetch (cached)"),
     "export": ("kitchenware.export", "write a TF Serving SavedModel version"),
     "inspect": ("kitchenware.inspect", "show versions and signatures of exported models"),
     "model-server": ("kitchenware.model_server", "TF-Serving-compatible gRPC model server"),

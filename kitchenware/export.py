@@ -29,6 +29,7 @@ from pathlib import Path
 
 from kitchenware.errors import KitchenwareError
 from kitchenware.labels import CLASSES
+from kitchenware.tta import TTA_MODES
 
 SIGNATURE = "serving_default"
 INPUT = "image"
@@ -84,17 +85,21 @@ def staged_dir(target: Path) -> Iterator[Path]:
         raise
 
 
-def serving_function(model, classes=CLASSES):
-    """The tf.function behind `serving_default` for a Keras model taking uint8 pixels."""
+def serving_function(model, classes=CLASSES, tta: str = "none"):
+    """The tf.function behind `serving_default` for a Keras model taking uint8 pixels.
+
+    `tta="flip"` serves the average over the image and its mirror (same signature).
+    """
     import tensorflow as tf
+
+    from kitchenware.tta import probabilities as tta_probabilities
 
     size = int(model.input_shape[1])
     names = tf.constant(list(classes))
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name=INPUT)])
     def serve(image):
-        logits = model(image, training=False)
-        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        probabilities = tta_probabilities(model, image, tta)
         batch = tf.shape(image)[0]
         labels = tf.broadcast_to(names[tf.newaxis, :], [batch, len(classes)])
         return {OUTPUT_PROBABILITIES: probabilities, OUTPUT_CLASSES: labels}
@@ -128,8 +133,9 @@ def export_saved_model(
     base_dir: str | os.PathLike,
     version: int | None = None,
     model_name: str = DEFAULT_MODEL_NAME,
+    tta: str = "none",
 ) -> Path:
-    """Write `model` to BASE/<version>/ and return that folder."""
+    """Write `model` to BASE/<version>/ and return that folder (`tta`: see kitchenware.tta)."""
     import tensorflow as tf
 
     base = Path(base_dir)
@@ -142,7 +148,7 @@ def export_saved_model(
     model = inference_model(model)
     module = tf.Module()
     module.model = model
-    module.serve = serving_function(model)
+    module.serve = serving_function(model, tta=tta)
     with staged_dir(target) as staging:
         tf.saved_model.save(module, str(staging), signatures={SIGNATURE: module.serve})
         write_warmup(staging, int(model.input_shape[1]), model_name)
@@ -183,6 +189,12 @@ def add_arguments(parser) -> None:
         help="extra artifact next to the SavedModel (always written): tflite -> OUT-tflite/"
         "<version>/; repeatable or comma-separated",
     )
+    parser.add_argument(
+        "--tta",
+        default="none",
+        choices=TTA_MODES,
+        help="test-time augmentation baked into the signature: flip = mean over image and mirror",
+    )
 
 
 def parse_formats(values) -> set[str]:
@@ -204,6 +216,8 @@ def run(args) -> int:
     model = load_keras_model(args.model)
     version = next_version(args.out) if args.version is None else args.version
     tflite = None
+    if "tflite" in formats and args.tta != "none":
+        raise KitchenwareError("--tta is baked into the SavedModel only; drop --format tflite")
     if "tflite" in formats:
         from kitchenware import tflite as tflite_export
 
@@ -212,8 +226,10 @@ def run(args) -> int:
         tflite_dir = tflite_export.tflite_base(args.out)
         free_version_dir(tflite_dir, version)
         tflite = tflite_export.convert(model)
-    target = export_saved_model(model, args.out, version, args.model_name)
-    print(f"exported {args.model} -> {target}")
+    target = export_saved_model(model, args.out, version, args.model_name, tta=args.tta)
+    print(
+        f"exported {args.model} -> {target}" + (f" (tta {args.tta})" if args.tta != "none" else "")
+    )
     if tflite is not None:
         size = int(model.input_shape[1])
         written = tflite_export.write_tflite(tflite, tflite_dir, version, size)

@@ -23,6 +23,7 @@ from kitchenware.labels import CLASSES
 from kitchenware.model import check_size, check_weights, get_backbone
 
 BEST_MODEL = "best.keras"
+CLASS_WEIGHTINGS = ("none", "balanced")
 LATEST_LINK = "latest"
 
 
@@ -48,6 +49,7 @@ class TrainConfig:
     fine_tune_epochs: int = 10
     mixed_precision: bool = False
     cache: bool = True
+    class_weights: str = "none"
     verbose: int = 1
     classes: list[str] = field(default_factory=lambda: list(CLASSES))
 
@@ -110,6 +112,13 @@ def add_arguments(parser) -> None:
         action="store_false",
         help="do not keep decoded images in memory",
     )
+    parser.add_argument(
+        "--class-weights",
+        default="none",
+        choices=CLASS_WEIGHTINGS,
+        help="'balanced' weighs each class's loss by N / (classes * count): rare classes "
+        "(glass) count as much as common ones",
+    )
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras verbosity")
 
 
@@ -139,9 +148,23 @@ def validate(config: TrainConfig):
             "--fine-tune-layers needs pretrained --weights; with --weights none "
             "the whole backbone trains already"
         )
+    if config.class_weights not in CLASS_WEIGHTINGS:
+        raise KitchenwareError(
+            f"--class-weights must be one of {', '.join(CLASS_WEIGHTINGS)}, "
+            f"got {config.class_weights!r}"
+        )
     train_split = list_split(config.data, "train")
     val_split = list_split(config.data, "val", require_all_classes=False)
     return train_split, val_split
+
+
+def class_weight_map(split, weighting: str) -> dict[int, float] | None:
+    """Keras `class_weight` for `weighting`: None, or N / (classes * count) per class."""
+    if weighting == "none":
+        return None
+    counts = list(split.counts().values())
+    total = sum(counts)
+    return {i: total / (len(counts) * n) for i, n in enumerate(counts) if n}
 
 
 def _strategy():
@@ -289,11 +312,15 @@ def train(config: TrainConfig, link_latest: bool = True) -> TrainResult:
         print(f"train: {len(train_split)} images {train_split.counts()}")
         print(f"val:   {len(val_split)} images {val_split.counts()}")
 
+    weights = class_weight_map(train_split, config.class_weights)
+    if config.verbose and weights:
+        print("class weights: " + ", ".join(f"{CLASSES[i]} {w:.2f}" for i, w in weights.items()))
     started = time.perf_counter()
     fit = model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
+        class_weight=weights,
         callbacks=_callbacks(config, run_dir, None),
         verbose=config.verbose,
         shuffle=False,  # the dataset shuffles itself (seeded)
@@ -314,6 +341,7 @@ def train(config: TrainConfig, link_latest: bool = True) -> TrainResult:
             validation_data=val_ds,
             initial_epoch=first,
             epochs=first + config.fine_tune_epochs,
+            class_weight=weights,
             callbacks=_callbacks(config, run_dir, max(history["val_accuracy"])),
             verbose=config.verbose,
             shuffle=False,  # the dataset shuffles itself (seeded)
