@@ -50,6 +50,8 @@ class TrainConfig:
     mixed_precision: bool = False
     cache: bool = True
     class_weights: str = "none"
+    cached_features: bool = False
+    feature_cache: str | None = None
     verbose: int = 1
     classes: list[str] = field(default_factory=lambda: list(CLASSES))
 
@@ -119,6 +121,18 @@ def add_arguments(parser) -> None:
         help="'balanced' weighs each class's loss by N / (classes * count): rare classes "
         "(glass) count as much as common ones",
     )
+    parser.add_argument(
+        "--cached-features",
+        action="store_true",
+        help="stage 1 trains the head on backbone features computed once (needs pretrained "
+        "--weights and --no-augment)",
+    )
+    parser.add_argument(
+        "--feature-cache",
+        default=None,
+        metavar="DIR",
+        help="keep those features on disk in DIR and reuse them in later runs",
+    )
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras verbosity")
 
 
@@ -153,6 +167,13 @@ def validate(config: TrainConfig):
             f"--class-weights must be one of {', '.join(CLASS_WEIGHTINGS)}, "
             f"got {config.class_weights!r}"
         )
+    if config.cached_features and (config.weights == "none" or config.augment):
+        raise KitchenwareError(
+            "--cached-features needs a frozen pretrained backbone and --no-augment "
+            "(augmented or trainable backbones change the features every epoch)"
+        )
+    if config.feature_cache and not config.cached_features:
+        raise KitchenwareError("--feature-cache is used only with --cached-features")
     train_split = list_split(config.data, "train")
     val_split = list_split(config.data, "val", require_all_classes=False)
     return train_split, val_split
@@ -217,11 +238,16 @@ def _unfreeze_top(model, layers: int) -> int:
     return unfrozen
 
 
-def _callbacks(config: TrainConfig, run_dir: Path, best_so_far: float | None):
+def _callbacks(config: TrainConfig, run_dir: Path, best_so_far: float | None, saved=None):
+    """Checkpoint (of `saved`, default the model being fit), CSV log, early stopping."""
     import keras
 
+    class Checkpoint(keras.callbacks.ModelCheckpoint):
+        def set_model(self, model):
+            super().set_model(saved if saved is not None else model)
+
     return [
-        keras.callbacks.ModelCheckpoint(
+        Checkpoint(
             run_dir / BEST_MODEL,
             monitor="val_accuracy",
             mode="max",
@@ -233,6 +259,39 @@ def _callbacks(config: TrainConfig, run_dir: Path, best_so_far: float | None):
             monitor="val_accuracy", mode="max", patience=config.patience, verbose=config.verbose
         ),
     ]
+
+
+def _fit_head_on_features(model, config: TrainConfig, train_split, val_split, weights, run_dir):
+    """Stage 1 on pooled features computed once; checkpoints the full model."""
+    import numpy as np
+
+    from kitchenware.features import head_model, split_features
+
+    def features(split):
+        return split_features(
+            model,
+            split,
+            config.size,
+            config.batch_size,
+            config.backbone,
+            config.weights,
+            config.feature_cache,
+        )
+
+    x_train, x_val = features(train_split), features(val_split)
+    head = head_model(model)
+    _compile(head, config.lr)
+    return head.fit(
+        x_train,
+        np.asarray(train_split.labels, dtype=np.int32),
+        validation_data=(x_val, np.asarray(val_split.labels, dtype=np.int32)),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        class_weight=weights,
+        callbacks=_callbacks(config, run_dir, None, saved=model),
+        verbose=config.verbose,
+        shuffle=True,
+    )
 
 
 def plot_history(history: dict, path: Path) -> None:
@@ -316,15 +375,18 @@ def train(config: TrainConfig, link_latest: bool = True) -> TrainResult:
     if config.verbose and weights:
         print("class weights: " + ", ".join(f"{CLASSES[i]} {w:.2f}" for i, w in weights.items()))
     started = time.perf_counter()
-    fit = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=config.epochs,
-        class_weight=weights,
-        callbacks=_callbacks(config, run_dir, None),
-        verbose=config.verbose,
-        shuffle=False,  # the dataset shuffles itself (seeded)
-    )
+    if config.cached_features:
+        fit = _fit_head_on_features(model, config, train_split, val_split, weights, run_dir)
+    else:
+        fit = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            class_weight=weights,
+            callbacks=_callbacks(config, run_dir, None),
+            verbose=config.verbose,
+            shuffle=False,  # the dataset shuffles itself (seeded)
+        )
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
     history["epoch"] = [i + 1 for i in range(len(history["loss"]))]
     history["stage"] = [1] * len(history["loss"])

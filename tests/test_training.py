@@ -463,6 +463,51 @@ def test_evaluate_refuses_the_unlabelled_test_split(tmp_path, capsys):
     assert "the test split has no labels" in capsys.readouterr().err
 
 
+def _labelled_test_prep(root: Path, ids=("0007", "0560")) -> Path:
+    (root / "test").mkdir(parents=True)
+    for image_id in ids:
+        Image.new("RGB", (8, 8), "red").save(root / "test" / f"{image_id}.jpg")
+    return root
+
+
+def test_labelled_test_split_reads_answers_with_string_ids(tmp_path):
+    from kitchenware.evaluate import labelled_test_split
+
+    prep = _labelled_test_prep(tmp_path / "prep")
+    answers = tmp_path / "answers.csv"
+    answers.write_text("Id,label\n0560,plate\n0007,glass\n")
+    split = labelled_test_split(prep, answers)
+    assert [Path(p).name for p in split.paths] == ["0007.jpg", "0560.jpg"]
+    assert [CLASSES[i] for i in split.labels] == ["glass", "plate"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("Id,label\n0007,glass\n", "1 test images have no label \\(e.g. 0560\\)"),
+        ("Id,label\n0007,glass\n0560,cup\n0999,cup\n", "1 labelled Ids have no image"),
+        ("Id,label\n0007,bowl\n0560,cup\n", "line 2: unknown label 'bowl'"),
+        ("Id,label\n0007,cup\n0007,fork\n0560,cup\n", "line 3: Id 0007 has two labels"),
+        ("Id,class\n0007,cup\n", "lacks column\\(s\\) label"),
+        ("Id,label\n,cup\n", "line 2: empty Id"),
+    ],
+)
+def test_labelled_test_split_refuses_answers_that_do_not_match(tmp_path, text, message):
+    from kitchenware.evaluate import labelled_test_split
+
+    prep = _labelled_test_prep(tmp_path / "prep")
+    answers = tmp_path / "answers.csv"
+    answers.write_text(text)
+    with pytest.raises(KitchenwareError, match=message):
+        labelled_test_split(prep, answers)
+
+
+def test_evaluate_labels_only_for_the_test_split(tmp_path, capsys):
+    args = ["evaluate", "--model", str(tmp_path / "m.keras"), "--data", str(tmp_path)]
+    assert main([*args, "--split", "val", "--labels", str(tmp_path / "a.csv")]) == 2
+    assert "--labels is for --split test" in capsys.readouterr().err
+
+
 # --- submission -----------------------------------------------------------------------
 
 
