@@ -36,7 +36,11 @@ log = logging.getLogger("kitchenware.batching")
 
 
 class QueueFull(KitchenwareError):
-    """More rows are waiting than `max_enqueued_batches * max_batch_size` (gRPC: UNAVAILABLE)."""
+    """The batch queue holds `max_enqueued_batches` batches already (gRPC: UNAVAILABLE)."""
+
+
+class TaskTooLarge(KitchenwareError, ValueError):
+    """A request holds more rows than `max_batch_size` (gRPC: INVALID_ARGUMENT, as TF Serving)."""
 
 
 class BatcherClosed(KitchenwareError):
@@ -55,8 +59,9 @@ class BatchingConfig:
     allowed_batch_sizes: tuple[int, ...] = ()
     # Accepted for compatibility: images of one signature all have one size here.
     pad_variable_length_inputs: bool = False
-    # Requests larger than max_batch_size are always split into several tasks here.
-    enable_large_batch_splitting: bool = True
+    # TF Serving's rule: a request is never larger than max_batch_size; with
+    # splitting on, it may span several batches of max_execution_batch_size rows.
+    enable_large_batch_splitting: bool = False
     max_execution_batch_size: int | None = None
 
     def __post_init__(self):
@@ -70,21 +75,32 @@ class BatchingConfig:
             raise KitchenwareError(
                 f"batching: batch_timeout_micros must be >= 0, got {self.batch_timeout_micros}"
             )
+        if self.max_execution_batch_size is not None:
+            if not self.enable_large_batch_splitting:
+                raise KitchenwareError(
+                    "batching: max_execution_batch_size applies only with "
+                    "enable_large_batch_splitting { value: true } (TF Serving ignores it otherwise)"
+                )
+            positive("max_execution_batch_size")
         sizes = self.allowed_batch_sizes
         if sizes:
             if list(sizes) != sorted(set(sizes)) or sizes[0] < 1:
                 raise KitchenwareError(
                     f"batching: allowed_batch_sizes must be positive and increasing, got {list(sizes)}"
                 )
-            if sizes[-1] != self.execution_batch_size:
+            # TF Serving (bundle_factory_util.h) compares with max_batch_size, split or not.
+            if sizes[-1] != self.max_batch_size:
                 raise KitchenwareError(
                     f"batching: the last allowed_batch_sizes entry ({sizes[-1]}) must equal "
-                    f"max_batch_size ({self.execution_batch_size})"
+                    f"max_batch_size ({self.max_batch_size})"
                 )
 
     @property
     def execution_batch_size(self) -> int:
-        return self.max_execution_batch_size or self.max_batch_size
+        """Rows per model run: max_execution_batch_size when splitting, else max_batch_size."""
+        if self.enable_large_batch_splitting and self.max_execution_batch_size:
+            return self.max_execution_batch_size
+        return self.max_batch_size
 
     @property
     def timeout_s(self) -> float:
@@ -269,23 +285,19 @@ class Batcher:
     def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run `inputs` (same leading dimension) as part of a batch; blocks until done."""
         rows = len(next(iter(inputs.values())))
+        self.check_size(rows)
         limit = self.config.execution_batch_size
-        if rows > limit:  # TF Serving's large batch splitting: several tasks, one answer
+        if rows > limit:  # only with splitting: one request over several batches
             tasks = [
                 _Task({k: v[s : s + limit] for k, v in inputs.items()}, min(limit, rows - s), 0.0)
                 for s in range(0, rows, limit)
             ]
         else:
             tasks = [_Task(inputs, rows, 0.0)]
-        capacity = self.config.max_enqueued_batches * limit
         with self._cond:
             if self._closed:
                 raise BatcherClosed(f"batcher {self._name} is closed")
-            if self._queued_rows + rows > capacity:
-                raise QueueFull(
-                    f"batch queue full: {self._queued_rows} rows waiting "
-                    f"(max_enqueued_batches {self.config.max_enqueued_batches} x {limit})"
-                )
+            self._check_capacity(rows)
             now = time.monotonic()
             for task in tasks:
                 task.arrived = now
@@ -299,6 +311,45 @@ class Batcher:
         if len(tasks) == 1:
             return tasks[0].outputs
         return {k: np.concatenate([t.outputs[k] for t in tasks]) for k in tasks[0].outputs}
+
+    def check_size(self, rows: int) -> None:
+        """TF Serving refuses a request above max_batch_size whether splitting is on or not."""
+        if rows > self.config.max_batch_size:
+            raise TaskTooLarge(
+                f"Task size {rows} is larger than maximum input batch size "
+                f"{self.config.max_batch_size}"
+            )
+
+    def _check_capacity(self, rows: int) -> None:
+        """Queue-full as TF Serving's shared batch scheduler decides it (caller holds the lock).
+
+        Queued rows form batches of `limit` rows; the open (last) batch may take
+        more rows while it has room, a new batch only below max_enqueued_batches.
+        """
+        limit = self.config.execution_batch_size
+        batches, open_rows = 0, 0  # queued tasks packed into batches as _take_batch packs them
+        for task in self._queue:
+            if not batches or open_rows + task.rows > limit:
+                batches, open_rows = batches + 1, 0
+            open_rows += task.rows
+        if self.config.enable_large_batch_splitting:
+            capacity = (self.config.max_enqueued_batches - batches) * limit + (
+                limit - open_rows if batches else 0
+            )
+            if rows > capacity:
+                raise QueueFull(
+                    "The batch scheduling queue to which this task was submitted is full; "
+                    f"task size is {rows} but scheduling capacity is only {capacity} "
+                    f"(num_enqueued_batches={batches}, "
+                    f"max_enqueued_batches={self.config.max_enqueued_batches})"
+                )
+            return
+        if batches and open_rows + rows > limit and batches >= self.config.max_enqueued_batches:
+            raise QueueFull(
+                "The batch scheduling queue to which this task was submitted is full; "
+                f"currently {batches} batches enqueued and max_enqueued_batches is "
+                f"{self.config.max_enqueued_batches}"
+            )
 
     def _take_batch(self) -> list[_Task] | None:
         limit = self.config.execution_batch_size

@@ -200,7 +200,7 @@ def build_services(manager, model_name: str, stats=None):
     )
 
     from kitchenware import proto
-    from kitchenware.batching import BatcherClosed, QueueFull
+    from kitchenware.batching import BatcherClosed, QueueFull, TaskTooLarge
 
     code = grpc.StatusCode
 
@@ -311,6 +311,8 @@ def build_services(manager, model_name: str, stats=None):
                     outputs = signature.predict(inputs)
                 except QueueFull as exc:
                     context.abort(code.UNAVAILABLE, str(exc))
+                except TaskTooLarge as exc:
+                    context.abort(code.INVALID_ARGUMENT, str(exc))
                 except BatcherClosed:
                     if attempt == 0:
                         continue  # the version was swapped between resolve and submit

@@ -13,6 +13,7 @@ from kitchenware.batching import (
     BatchingConfig,
     BatchStats,
     QueueFull,
+    TaskTooLarge,
     load_batching_parameters,
     parse_batching_parameters,
 )
@@ -63,6 +64,14 @@ def test_fields_missing_from_the_file_keep_the_flags():
             "increasing",
         ),
         ("max_batch_size { value: 32 }\nallowed_batch_sizes: 16", "must equal max_batch_size"),
+        # TF Serving reads max_execution_batch_size only when splitting is on.
+        ("max_execution_batch_size { value: 8 }", "only with enable_large_batch_splitting"),
+        # With splitting too, the last allowed size is compared with max_batch_size.
+        (
+            "max_batch_size { value: 32 }\nenable_large_batch_splitting { value: true }\n"
+            "max_execution_batch_size { value: 8 }\nallowed_batch_sizes: 4\nallowed_batch_sizes: 8",
+            "must equal max_batch_size",
+        ),
     ],
 )
 def test_bad_parameters_are_rejected_with_a_reason(text, needle):
@@ -110,9 +119,28 @@ def test_concurrent_requests_share_one_batch_and_get_their_own_rows():
     assert stats.as_dict()["requests_per_batch"] == {"8": 1}
 
 
-def test_large_requests_are_split_and_batches_padded_to_allowed_sizes():
+def test_requests_above_max_batch_size_are_refused_split_or_not():
+    """TF Serving: "Task size N is larger than maximum input batch size M", INVALID_ARGUMENT."""
+    for splitting in (False, True):
+        config = BatchingConfig(
+            max_batch_size=4, batch_timeout_micros=0, enable_large_batch_splitting=splitting
+        )
+        batcher = Batcher(double, config, BatchStats(), "test")
+        with pytest.raises(TaskTooLarge, match="Task size 5 is larger than maximum input batch size 4"):
+            batcher.submit({"x": np.zeros((5, 1), dtype=np.int64)})
+        assert batcher.submit({"x": np.ones((4, 1), dtype=np.int64)})["y"].tolist() == [[2]] * 4
+        batcher.close()
+
+
+def test_splitting_runs_a_request_in_execution_sized_batches_padded_to_allowed_sizes():
     stats = BatchStats()
-    config = BatchingConfig(max_batch_size=4, batch_timeout_micros=0, allowed_batch_sizes=(2, 4))
+    config = BatchingConfig(
+        max_batch_size=10,
+        batch_timeout_micros=0,
+        enable_large_batch_splitting=True,
+        max_execution_batch_size=4,
+        allowed_batch_sizes=(2, 4, 10),
+    )
     batcher = Batcher(double, config, stats, "test")
     x = np.arange(10, dtype=np.int64).reshape(10, 1)
     result = batcher.submit({"x": x})
@@ -121,6 +149,15 @@ def test_large_requests_are_split_and_batches_padded_to_allowed_sizes():
     assert set(result["rows"].tolist()) <= {2, 4} and len(result["y"]) == 10
     batcher.close()
     assert stats.as_dict()["rows"] == 10
+
+
+def test_without_splitting_max_execution_batch_size_is_not_the_limit():
+    config = BatchingConfig(max_batch_size=8)
+    assert config.execution_batch_size == 8
+    split = BatchingConfig(
+        max_batch_size=8, enable_large_batch_splitting=True, max_execution_batch_size=2
+    )
+    assert split.execution_batch_size == 2
 
 
 def test_errors_reach_every_waiting_request_and_close_refuses_new_work():
@@ -153,7 +190,7 @@ def test_full_queue_is_refused():
     second.start()  # waits in the queue, which now holds its one allowed batch
     while not batcher._queued_rows:
         release.wait(0.01)
-    with pytest.raises(QueueFull, match="batch queue full"):
+    with pytest.raises(QueueFull, match="queue to which this task was submitted is full"):
         batcher.submit({"x": np.zeros((1, 1))})
     release.set()
     first.join(30)
