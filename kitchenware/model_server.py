@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kitchenware import model_server_rest
 from kitchenware.errors import KitchenwareError
 
 log = logging.getLogger("kitchenware.model_server")
@@ -112,6 +113,7 @@ def add_arguments(parser) -> None:
         action="store_true",
         help="validate the flags and the batching file, print the settings, exit",
     )
+    model_server_rest.add_arguments(parser)
 
 
 def batching_config(args):
@@ -472,6 +474,7 @@ def run(args) -> int:
 
     update_health()
     server.start()
+    rest = model_server_rest.start(manager, args)
     log.info(
         "model server listening on %s (model %s, base path %s, batching %s)",
         address,
@@ -492,6 +495,8 @@ def run(args) -> int:
         pass
     started = time.monotonic()
     health_servicer.enter_graceful_shutdown()
+    if rest is not None:
+        rest.stop()
     server.stop(args.shutdown_grace_seconds).wait()
     manager.stop()
     writer.stop()
