@@ -67,17 +67,19 @@ def _layers_of(model):
 def find_backbone(model, backbone: str):
     """The nested keras.applications sub-model of kind `backbone`, or a clear error.
 
-    Matched by name first (Keras names them 'xception', 'mobilenetv2_1.00_224',
-    'efficientnetb0', ...), then by having exactly the layer names a fresh
-    backbone of that kind has.
+    Matched by structure: the same sequence of layer types, each holding as many
+    weight tensors, as a fresh backbone of that kind (Keras' automatic names such
+    as `conv2d_4` differ from one build to the next, so names cannot be
+    compared). Shapes are checked afterwards, so a same-kind backbone of another
+    width is named as not fitting rather than as missing.
     """
     import keras
 
     reference = _fresh_backbone(backbone)
-    wanted = [layer.name for layer in reference.layers[1:]]
+    wanted = _structure(reference)
     candidates = [layer for layer in _layers_of(model) if isinstance(layer, keras.Model)]
     for layer in candidates:
-        if [sub.name for sub in layer.layers[1:]] == wanted:
+        if _structure(layer) == wanted:
             return layer, reference
     names = ", ".join(f"{c.name} ({len(c.layers)} layers)" for c in candidates) or "none"
     raise KitchenwareError(
@@ -85,6 +87,11 @@ def find_backbone(model, backbone: str):
         f"{get_backbone(backbone).app} with {len(reference.layers)} layers); "
         f"its nested models: {names}"
     )
+
+
+def _structure(model) -> list[tuple[str, int]]:
+    """Each layer's type and number of weight tensors, input layer excluded."""
+    return [(type(layer).__name__, len(layer.weights)) for layer in model.layers[1:]]
 
 
 def _fresh_backbone(backbone: str):

@@ -84,9 +84,34 @@ def test_only_http_and_https_are_accepted(url, connects):
     assert connects == []
 
 
-def test_cloud_metadata_is_refused_even_when_private_urls_are_allowed(connects):
-    with pytest.raises(UrlRefused, match="metadata"):
-        UrlFetcher(allow_private=True).fetch("http://169.254.169.254/latest/meta-data/")
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fd00:ec2::254]/",
+        "http://[fd00:ec2::254%251]/",  # a zone id names a link, not another address
+        "http://[fd00:ec2::254%25eth0]/",
+        "http://169.254.170.2/v2/credentials",  # ECS task credentials
+        "http://169.254.170.23/v1/credentials",  # EKS Pod Identity agent
+        "http://[fd00:ec2::23]/v1/credentials",
+        "http://[::a9fe:a9fe]/",  # IPv4-compatible form of 169.254.169.254
+        "http://[::ffff:169.254.169.254]/",
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://[::5efe:169.254.169.254]/",  # ISATAP interface id
+        "http://100.100.100.200/latest/meta-data/",
+        "http://192.0.0.192/",
+        "http://169.254.1.1/",  # any link-local address
+    ],
+)
+def test_cloud_credential_endpoints_are_refused_even_when_private_urls_are_allowed(url, connects):
+    with pytest.raises(UrlRefused, match="metadata|link-local"):
+        UrlFetcher(allow_private=True).fetch(url)
+    assert connects == []
+
+
+def test_port_zero_is_refused_not_taken_for_the_default_port(connects):
+    with pytest.raises(UrlRefused, match="port 0"):
+        UrlFetcher(allow_private=True).fetch("http://127.0.0.1:0/photo.jpg")
     assert connects == []
 
 
@@ -167,6 +192,18 @@ def test_slow_download_stops_at_the_overall_deadline(site):
     # The server sends a byte every 0.2 s: each read succeeds, only the deadline stops it.
     with pytest.raises(FetchFailed, match="took longer than 1 s"):
         UrlFetcher(allow_private=True, timeout=1.0).fetch(f"{site.url}/slow")
+
+
+@pytest.mark.parametrize("stage", ["status", "header", "chunk"])
+def test_a_trickling_server_cannot_outlast_the_deadline(stage):
+    """One byte a second restarts every socket timeout; the wall-clock budget still holds."""
+    from hostile import TricklingServer
+
+    with TricklingServer(interval=0.5, total_s=20) as server:
+        # Without a wall-clock budget the fetch ends only when the server gives up
+        # after 20 s, as a broken connection ("cannot fetch"), not as a timeout.
+        with pytest.raises(FetchFailed, match="took longer than 1.5 s"):
+            UrlFetcher(allow_private=True, timeout=1.5).fetch(server.url(stage))
 
 
 def test_http_errors_and_dead_ports_are_fetch_failures(site):

@@ -15,8 +15,9 @@ from kitchenware.errors import KitchenwareError
 
 pytestmark = [pytest.mark.pretrained, pytest.mark.slow]
 
-# Measured with conftest.pretrained_run's settings: best stage-1 val accuracy
-# 0.91-0.93 over three runs; the same data from scratch stays at 0.2-0.67.
+# Measured with conftest.pretrained_run's settings (one run, 112 px): stage-1 val
+# accuracy 0.90 / 0.88 / 0.94 over its 3 epochs, 0.97 / 0.95 after fine-tuning;
+# NOTES.md: the same data from scratch reached 0.67 at 96 px (chance is ~0.2).
 MIN_FROZEN_VAL_ACCURACY = 0.80
 # Fine-tuning at lr 1e-5 may wobble a little, never collapse.
 MAX_FINE_TUNE_DROP = 0.05
@@ -92,8 +93,9 @@ def test_only_the_top_layers_changed_and_batchnorm_stayed_frozen(pretrained_run,
     reference = _reference_backbone(imagenet_weights)
     top = {layer.name for layer in trained.layers[-PRETRAINED_FINE_TUNE_LAYERS:]}
     changed, batchnorms = [], 0
-    for layer, ref in zip(trained.layers, reference.layers, strict=True):
-        assert layer.name == ref.name
+    # Input layers and Keras' automatic names differ between two builds: pair by position.
+    for layer, ref in zip(trained.layers[1:], reference.layers[1:], strict=True):
+        assert type(layer) is type(ref)
         same = all(
             np.array_equal(a, b)
             for a, b in zip(layer.get_weights(), ref.get_weights(), strict=True)
@@ -110,16 +112,12 @@ def test_only_the_top_layers_changed_and_batchnorm_stayed_frozen(pretrained_run,
 
 def test_backbone_runs_in_inference_mode(pretrained_run, mini_prep):
     """training=True and training=False give the same features: BatchNorm uses its statistics."""
-    import keras
-
-    from kitchenware.model import inference_model
-
-    model = inference_model(pretrained_run.model)
-    features = keras.Model(model.inputs, model.get_layer("pool").output)
-    pixels = _val_pixels(mini_prep, 8)
+    backbone = _backbone(pretrained_run.model)
+    # Xception's own input range, as the model's scaling layer produces it
+    scaled = _val_pixels(mini_prep, 8).astype("float32") / 127.5 - 1.0
     np.testing.assert_allclose(
-        features(pixels, training=True).numpy(),
-        features(pixels, training=False).numpy(),
+        backbone(scaled, training=True).numpy(),
+        backbone(scaled, training=False).numpy(),
         rtol=1e-5,
         atol=1e-6,
     )

@@ -42,7 +42,8 @@ def test_flip_is_the_mean_over_image_and_mirror(peaky_model, photos):
 
     plain = _softmax(peaky_model, photos)
     mirrored = _softmax(peaky_model, photos[:, :, ::-1])
-    assert np.abs(plain - mirrored).max() > 0.05  # the check below can tell them apart
+    # far above the tolerance below, so that check can tell a mean from either view
+    assert np.abs(plain - mirrored).max() > 1e-3
     np.testing.assert_allclose(
         probabilities(peaky_model, photos, "flip").numpy(), (plain + mirrored) / 2, atol=1e-5
     )

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
+import urllib3.connection
 
 from kitchenware.gateway.errors import FetchFailed, TooLarge, UrlRefused
 
@@ -38,19 +39,30 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# Instance metadata services answer on these even where they look "public"
-# (Alibaba's sits in shared address space); they are refused in every mode.
+# Cloud credential and metadata endpoints, refused in every mode (also with
+# ALLOW_PRIVATE_URLS): some look public or sit outside link-local space.
 METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
     ipaddress.ip_address(a)
     for a in (
-        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean
-        "169.254.170.2",  # AWS ECS task metadata
-        "fd00:ec2::254",  # AWS over IPv6
-        "100.100.100.200",  # Alibaba Cloud
+        "169.254.169.254",  # AWS, GCP, Azure, Oracle, OpenStack, DigitalOcean IMDS
+        "fd00:ec2::254",  # AWS IMDS over IPv6
+        "169.254.170.2",  # AWS ECS task credentials
+        "169.254.170.23",  # AWS EKS Pod Identity agent
+        "fd00:ec2::23",  # AWS EKS Pod Identity agent over IPv6
+        "100.100.100.200",  # Alibaba Cloud metadata
+        "192.0.0.192",  # Oracle Cloud metadata (legacy address)
+        "168.63.129.16",  # Azure WireServer (host agent)
     )
 )
+# All of link-local holds platform services (metadata, DNS, time): never a photo store.
+ALWAYS_REFUSED_NETWORKS = (
+    ipaddress.ip_network("169.254.0.0/16"),
+    ipaddress.ip_network("fe80::/10"),
+)
 METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "instance-data"})
-NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
+NAT64_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# ::a.b.c.d, the deprecated "IPv4-compatible" form (:: and ::1 excluded).
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 _PRIVATE_CHECKS = (
     ("is_unspecified", "an unspecified address"),
@@ -62,30 +74,46 @@ _PRIVATE_CHECKS = (
 )
 
 
+def normalised(ip: IPAddress) -> IPAddress:
+    """`ip` without an IPv6 zone id (fd00:ec2::254%eth0 is fd00:ec2::254 on one link)."""
+    if ip.version == 6 and ip.scope_id is not None:
+        return ipaddress.IPv6Address(int(ip))
+    return ip
+
+
 def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address carries (mapped, 6to4, Teredo, NAT64), if any."""
+    """The IPv4 address an IPv6 address carries (mapped, compatible, 6to4, Teredo, NAT64,
+    ISATAP), if any."""
     if ip.version != 6:
         return None
+    low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     if ip.sixtofour is not None:
         return ip.sixtofour
     if ip.teredo is not None:
         return ip.teredo[1]
-    if ip in NAT64_PREFIX:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if any(ip in prefix for prefix in NAT64_PREFIXES):
+        return low32
+    if ip in IPV4_COMPATIBLE and int(ip) > 1:
+        return low32
+    if (int(ip) >> 32) & 0xFDFFFFFF == 0x00005EFE:  # ISATAP interface id (0000|0200):5efe
+        return low32
     return None
 
 
 def refusal_reason(ip: IPAddress, allow_private: bool = False) -> str | None:
     """Why the gateway must not connect to `ip`, or None when it may."""
+    ip = normalised(ip)
     if ip in METADATA_ADDRESSES:
         return "a cloud metadata address"
+    if any(ip in net for net in ALWAYS_REFUSED_NETWORKS if net.version == ip.version):
+        return "a link-local address"
     inner = _embedded_ipv4(ip)
     if inner is not None:
         reason = refusal_reason(inner, allow_private)
         if reason is not None:
-            return f"{reason} (inside {ip})"
+            return f"{reason} ({inner} inside {ip})"
     if allow_private:
         return None
     for attribute, reason in _PRIVATE_CHECKS:
@@ -94,6 +122,86 @@ def refusal_reason(ip: IPAddress, allow_private: bool = False) -> str | None:
     if not ip.is_global:
         return "not a public address"
     return None
+
+
+class Watchdog:
+    """Shuts the sockets it watches down once the overall deadline passes.
+
+    Socket timeouts restart with every byte received, so a server trickling its
+    status line, a header or a chunk-size line one byte a second would outlast
+    any of them; shutting the socket down ends whatever read is blocked.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, seconds), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            fired = self.fired
+        if fired:
+            _shut(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class _WatchedConnection:
+    """Mixin: hands each new socket to the pool's watchdog before anything is read from it."""
+
+    watchdog: Watchdog | None = None
+
+    def _new_conn(self):
+        sock = super()._new_conn()
+        if self.watchdog is not None:
+            self.watchdog.watch(sock)
+        return sock
+
+
+class _HTTPConnection(_WatchedConnection, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_WatchedConnection, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _WatchedPool:
+    """Mixin: gives every connection it creates the pool's watchdog."""
+
+    watchdog: Watchdog | None = None
+
+    def _new_conn(self):
+        conn = super()._new_conn()
+        conn.watchdog = self.watchdog
+        return conn
+
+
+class _HTTPPool(_WatchedPool, urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(_WatchedPool, urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
 
 
 @dataclass(frozen=True)
@@ -157,6 +265,8 @@ class UrlFetcher:
             raise UrlRefused(f"invalid host name {hostname!r}") from None
         if ascii_host in METADATA_HOSTS:
             raise UrlRefused(f"{hostname} is a cloud metadata service")
+        if port == 0:
+            raise UrlRefused("port 0 is not a port one can connect to")
         port = port or (443 if scheme == "https" else 80)
         addresses = self._resolve(ascii_host, port, deadline)
         for ip in addresses:
@@ -174,7 +284,10 @@ class UrlFetcher:
         return Target(url, scheme, ascii_host, host_header, port, path, str(addresses[0]))
 
     def _refusal(self, ip: IPAddress) -> str | None:
-        if ip not in METADATA_ADDRESSES and any(ip in net for net in self.allowed_networks):
+        reason = refusal_reason(ip, allow_private=True)  # refused whatever the settings
+        if reason is not None:
+            return reason
+        if any(normalised(ip) in net for net in self.allowed_networks):
             return None
         return refusal_reason(ip, self.allow_private)
 
@@ -229,7 +342,7 @@ class UrlFetcher:
         remaining = self._remaining(deadline, target)
         options = {"port": target.port, "maxsize": 1, "retries": False}
         if target.scheme == "https":
-            pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
+            pool: urllib3.HTTPConnectionPool = _HTTPSPool(
                 target.address,
                 server_hostname=target.hostname,
                 assert_hostname=target.hostname,
@@ -238,7 +351,8 @@ class UrlFetcher:
                 **options,
             )
         else:
-            pool = urllib3.HTTPConnectionPool(target.address, **options)
+            pool = _HTTPPool(target.address, **options)
+        watchdog = pool.watchdog = Watchdog(remaining)
         headers = {
             "Host": target.host_header,
             "User-Agent": USER_AGENT,
@@ -264,21 +378,22 @@ class UrlFetcher:
                     return location
                 if response.status != 200:
                     raise FetchFailed(f"{target.url} answered HTTP {response.status}")
-                return self._read_body(response, target, deadline)
+                return self._read_body(response, target, deadline, watchdog)
             finally:
                 response.release_conn()
-        except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError subclass
-            raise FetchFailed(f"cannot fetch {target.url}: {_short(exc)}") from None
-        except urllib3.exceptions.TimeoutError:
-            raise FetchFailed(
-                f"fetching {target.url} took longer than {self.timeout:g} s"
-            ) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
+            slow = watchdog.fired or (
+                isinstance(exc, urllib3.exceptions.TimeoutError)
+                and not isinstance(exc, urllib3.exceptions.NewConnectionError)
+            )
+            if slow:
+                raise self._too_slow(target) from None
             raise FetchFailed(f"cannot fetch {target.url}: {_short(exc)}") from None
         finally:
+            watchdog.cancel()
             pool.close()
 
-    def _read_body(self, response, target: Target, deadline: float) -> bytes:
+    def _read_body(self, response, target: Target, deadline: float, watchdog: Watchdog) -> bytes:
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise TooLarge(
@@ -292,6 +407,8 @@ class UrlFetcher:
                 sock.settimeout(remaining)
             chunk = response.read1(CHUNK_BYTES, decode_content=False)
             if not chunk:
+                if watchdog.fired:  # the end came from the watchdog, not from the server
+                    raise self._too_slow(target)
                 return bytes(body)
             body += chunk
             if len(body) > self.max_bytes:
@@ -300,8 +417,11 @@ class UrlFetcher:
     def _remaining(self, deadline: float, target: Target) -> float:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise FetchFailed(f"fetching {target.url} took longer than {self.timeout:g} s")
+            raise self._too_slow(target)
         return remaining
+
+    def _too_slow(self, target: Target) -> FetchFailed:
+        return FetchFailed(f"fetching {target.url} took longer than {self.timeout:g} s")
 
 
 def _is_ip_literal(host: str) -> bool:

@@ -1,0 +1,68 @@
+"""Hostile peers for tests: a web server that answers one byte at a time."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+
+class TricklingServer:
+    """A web server on 127.0.0.1 that sends its answer one byte per `interval` seconds.
+
+    `stage` picks where it dawdles: "status" (in the status line), "header" (a header
+    line), "chunk" (a chunk-size line of a chunked body). `served` counts connections.
+    """
+
+    def __init__(self, interval: float = 1.0, total_s: float = 60.0) -> None:
+        self.interval = interval
+        self.total_s = total_s
+        self.stopping = threading.Event()
+        self.served = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def url(self, stage: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{stage}"
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.served += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                request = conn.recv(65536).decode("latin1")
+                stage = request.split(" ", 2)[1].strip("/") if " " in request else ""
+                head = b"HTTP/1.1 200 OK\r\n"
+                slow = b"X-Slow: " + b"a" * 200 + b"\r\n"
+                if stage == "status":
+                    head, fast = b"HTTP/1.1 200 " + b"O" * 200 + b"\r\n", b""
+                elif stage == "header":
+                    conn.sendall(head)
+                    head, fast = slow, b""
+                else:
+                    conn.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+                    head, fast = b"0" * 200 + b"1\r\n", b""
+                deadline = time.monotonic() + self.total_s
+                for byte in head + fast:
+                    if self.stopping.is_set() or time.monotonic() > deadline:
+                        return
+                    conn.sendall(bytes([byte]))
+                    time.sleep(self.interval)
+            except OSError:
+                return
+
+    def __enter__(self) -> TricklingServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.listener.close()
