@@ -126,7 +126,9 @@ def test_requests_above_max_batch_size_are_refused_split_or_not():
             max_batch_size=4, batch_timeout_micros=0, enable_large_batch_splitting=splitting
         )
         batcher = Batcher(double, config, BatchStats(), "test")
-        with pytest.raises(TaskTooLarge, match="Task size 5 is larger than maximum input batch size 4"):
+        with pytest.raises(
+            TaskTooLarge, match="Task size 5 is larger than maximum input batch size 4"
+        ):
             batcher.submit({"x": np.zeros((5, 1), dtype=np.int64)})
         assert batcher.submit({"x": np.ones((4, 1), dtype=np.int64)})["y"].tolist() == [[2]] * 4
         batcher.close()
