@@ -133,23 +133,24 @@ class LoadedVersion:
             raise LoadError(f"{self.path}: warm-up failed: {exc}") from None
 
     def warm_up(self) -> int:
-        """Replay assets.extra/tf_serving_warmup_requests as TF Serving does; returns the count.
-
-        TF Serving's rules: no file -> log and skip (the first real request then
-        pays for graph set-up); more than MAX_WARMUP_RECORDS records, or a record
-        type the server cannot run, fails the load.
-        """
-        path = self.path / WARMUP_FILE
-        if not path.is_file():
-            log.info("No warmup data file found at %s", path)
-            return 0
-        records = _warmup_requests(path)
+        """Replay assets.extra/tf_serving_warmup_requests (TF Serving's format), or one zero image."""
+        records = _warmup_requests(self.path / WARMUP_FILE)
         for signature_name, inputs in records:
             signature = self.signatures.get(signature_name or SIGNATURE)
             if signature is None:
                 raise LoadError(f"warm-up request names unknown signature {signature_name!r}")
             signature.run(inputs)
-        log.info("warm-up of version %d: %d requests replayed", self.version, len(records))
+        if not records:
+            signature = self.signatures[SIGNATURE]
+            zeros = {}
+            for name, spec in signature.inputs.items():
+                if spec.dims is None or any(d < 0 for d in spec.dims[1:]):
+                    return 0  # cannot invent an input of unknown size
+                dtype = proto.numpy_dtype(spec.dtype)
+                fill = b"" if dtype.kind == "O" else 0
+                zeros[name] = np.full((1, *spec.dims[1:]), fill, dtype=dtype)
+            signature.run(zeros)
+            return 1
         return len(records)
 
     def close(self) -> None:
@@ -157,27 +158,17 @@ class LoadedVersion:
             signature.close()
 
 
-MAX_WARMUP_RECORDS = 1000  # TF Serving's limit (saved_model_warmup_util)
-
-
 def _warmup_requests(path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
+    if not path.is_file():
+        return []
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
     requests = []
-    for number, record in enumerate(tf.data.TFRecordDataset(str(path)), start=1):
-        if number > MAX_WARMUP_RECORDS:
-            raise LoadError(
-                f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}"
-            )
+    for record in tf.data.TFRecordDataset(str(path)):
         entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-        kind = entry.WhichOneof("log_type")
-        if kind != "predict_log":
-            # TF Serving also runs classify/regress/multi_inference records; this
-            # server has only Predict, so such a file fails here instead of being skipped.
-            raise LoadError(
-                f"warm-up record {number} is a {kind}; this server replays predict_log only"
-            )
+        if entry.WhichOneof("log_type") != "predict_log":
+            continue  # classify/regress warm-ups do not apply to this server
         request = entry.predict_log.request
         inputs = {k: proto.to_numpy(v) for k, v in request.inputs.items()}
         requests.append((request.model_spec.signature_name, inputs))
