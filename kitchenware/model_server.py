@@ -189,8 +189,18 @@ def read_stats(path: str | os.PathLike) -> dict:
         return {}
 
 
-def build_services(manager, model_name: str, stats=None):
-    """The gRPC servicers (PredictionService, ModelService) bound to a VersionManager."""
+def shorten(text: str, limit: int = 200) -> str:
+    """A client-supplied string as it may appear in an error message (bounded)."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def build_services(manager, model_name: str, stats=None, max_message_bytes: int = 64 * 2**20):
+    """The gRPC servicers (PredictionService, ModelService) bound to a VersionManager.
+
+    A decoded input may hold at most as many bytes as the largest message could
+    carry packed, so the message-size cap bounds every tensor form.
+    """
     import grpc
     from google.protobuf import any_pb2
     from tensorflow_serving.apis import (
@@ -209,10 +219,10 @@ def build_services(manager, model_name: str, stats=None):
     def describe(spec) -> str:
         which = spec.WhichOneof("version_choice")
         if which == "version":
-            return f"Specific({spec.name}, {spec.version.value})"
+            return f"Specific({shorten(spec.name)}, {spec.version.value})"
         if which == "version_label":
-            return f"Label({spec.name}, {spec.version_label})"
-        return f"Latest({spec.name})"
+            return f"Label({shorten(spec.name)}, {shorten(spec.version_label)})"
+        return f"Latest({shorten(spec.name)})"
 
     def resolve(spec, context):
         """The LoadedVersion a model_spec asks for, or abort with TF Serving's code."""
@@ -222,7 +232,7 @@ def build_services(manager, model_name: str, stats=None):
         if which == "version_label":
             context.abort(
                 code.INVALID_ARGUMENT,
-                f"Unrecognized servable version label: {spec.version_label}",
+                f"Unrecognized servable version label: {shorten(spec.version_label)}",
             )
         if which == "version":
             model = manager.serving().get(int(spec.version.value))
@@ -244,7 +254,9 @@ def build_services(manager, model_name: str, stats=None):
     def signature_of(model, name: str, context):
         signature = model.signatures.get(name or DEFAULT_SIGNATURE)
         if signature is None:
-            context.abort(code.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.')
+            context.abort(
+                code.FAILED_PRECONDITION, f'Serving signature key "{shorten(name)}" not found.'
+            )
         return signature
 
     def decode_inputs(signature, request, context) -> dict[str, np.ndarray]:
@@ -252,7 +264,7 @@ def build_services(manager, model_name: str, stats=None):
         if given != expected:
             context.abort(
                 code.INVALID_ARGUMENT,
-                f"input names {sorted(given)} do not match signature {signature.name!r}: "
+                f"input names {shorten(sorted(given))} do not match signature {signature.name!r}: "
                 f"expected {sorted(expected)}",
             )
         arrays, rows = {}, set()
@@ -265,18 +277,28 @@ def build_services(manager, model_name: str, stats=None):
                     f"but {proto.dtype_name(tensor.dtype)} was provided",
                 )
             try:
-                array = proto.to_numpy(tensor)
+                shape = proto.tensor_shape(tensor)
             except proto.ProtoError as exc:
                 context.abort(code.INVALID_ARGUMENT, f"input {name!r}: {exc}")
+            # Shape and size are checked before anything is allocated.
             if spec.dims is not None and (
-                array.ndim != len(spec.dims)
-                or any(d >= 0 and d != s for d, s in zip(spec.dims, array.shape, strict=True))
+                len(shape) != len(spec.dims)
+                or any(d >= 0 and d != s for d, s in zip(spec.dims, shape, strict=True))
             ):
                 context.abort(
                     code.INVALID_ARGUMENT,
-                    f"input {name!r} has shape {list(array.shape)}; "
+                    f"input {name!r} has shape {list(shape)}; "
                     f"signature {signature.name!r} expects {list(spec.dims)} (-1: any size)",
                 )
+            if shape and shape[0] == 0:
+                context.abort(code.INVALID_ARGUMENT, f"input {name!r} holds a batch of 0 rows")
+            itemsize = (
+                proto.numpy_dtype(spec.dtype).itemsize if spec.dtype in proto.DTYPE_NAMES else 1
+            )
+            try:
+                array = proto.to_numpy(tensor, max_elements=max_message_bytes // max(1, itemsize))
+            except proto.ProtoError as exc:
+                context.abort(code.INVALID_ARGUMENT, f"input {name!r}: {exc}")
             arrays[name] = array
             if array.ndim:
                 rows.add(array.shape[0])
@@ -306,7 +328,7 @@ def build_services(manager, model_name: str, stats=None):
                 if unknown:
                     context.abort(
                         code.INVALID_ARGUMENT,
-                        f"output tensor alias not found in signature: {unknown[0]}. Outputs "
+                        f"output tensor alias not found in signature: {shorten(unknown[0])}. Outputs "
                         f"expected to be in the set {{{','.join(sorted(signature.outputs))}}}.",
                     )
                 try:
@@ -344,7 +366,9 @@ def build_services(manager, model_name: str, stats=None):
                 )
             for field in fields:
                 if field != "signature_def":
-                    context.abort(code.INVALID_ARGUMENT, f"Metadata field {field} is not supported")
+                    context.abort(
+                        code.INVALID_ARGUMENT, f"Metadata field {shorten(field)} is not supported"
+                    )
             signature_map = get_model_metadata_pb2.SignatureDefMap()
             for name, signature_def in model.signature_defs.items():
                 signature_map.signature_def[name].CopyFrom(signature_def)
@@ -362,7 +386,9 @@ def build_services(manager, model_name: str, stats=None):
         def GetModelStatus(self, request, context):
             spec = request.model_spec
             if spec.name != model_name:
-                context.abort(code.NOT_FOUND, f"Could not find any versions of model {spec.name}")
+                context.abort(
+                    code.NOT_FOUND, f"Could not find any versions of model {shorten(spec.name)}"
+                )
             states = {v: ("AVAILABLE", "") for v in manager.serving()}
             for version, reason in manager.failures().items():
                 states.setdefault(version, ("END", reason))
@@ -370,11 +396,14 @@ def build_services(manager, model_name: str, stats=None):
                 version = int(spec.version.value)
                 if version not in states:
                     context.abort(
-                        code.NOT_FOUND, f"Could not find version {version} of model {spec.name}"
+                        code.NOT_FOUND,
+                        f"Could not find version {version} of model {shorten(spec.name)}",
                     )
                 states = {version: states[version]}
             if not states:
-                context.abort(code.NOT_FOUND, f"Could not find any versions of model {spec.name}")
+                context.abort(
+                    code.NOT_FOUND, f"Could not find any versions of model {shorten(spec.name)}"
+                )
             response = get_model_status_pb2.GetModelStatusResponse()
             for version, (state, reason) in sorted(states.items(), reverse=True):
                 entry = response.model_version_status.add()
@@ -451,7 +480,9 @@ def run(args) -> int:
         futures.ThreadPoolExecutor(max_workers=args.grpc_threads, thread_name_prefix="grpc"),
         options=options,
     )
-    prediction, model_service = build_services(manager, args.model_name, stats)
+    prediction, model_service = build_services(
+        manager, args.model_name, stats, args.max_message_bytes
+    )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(model_service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -122,24 +122,63 @@ def tensor_shape(proto: tensor_pb2.TensorProto) -> tuple[int, ...]:
     return shape
 
 
-def _fill(values: list, count: int, default, what: str) -> list:
+def element_count(shape: Sequence[int]) -> int:
+    """Elements of a shape, in Python integers (numpy's int64 product wraps around silently)."""
+    count = 1
+    for size in shape:
+        count *= int(size)
+    return count
+
+
+def check_size(proto: tensor_pb2.TensorProto, max_elements: int | None) -> tuple[int, ...]:
+    """The shape, refused before anything is allocated when it holds more than `max_elements`.
+
+    The typed fields may legally carry fewer values than elements (the last one
+    repeats), so a message of a few bytes can describe a huge tensor: the shape,
+    not the message size, decides how much memory decoding takes.
+    """
+    shape = tensor_shape(proto)
+    count = element_count(shape)
+    if max_elements is not None and count > max_elements:
+        raise ProtoError(
+            f"tensor shape {list(shape)} holds {count:,} elements; at most {max_elements:,} "
+            "are accepted"
+        )
+    return shape
+
+
+def _filled(values, count: int, dtype: np.dtype, what: str) -> np.ndarray:
     """TensorFlow's rule for typed fields: pad with the last value, zeros when empty."""
     if len(values) > count:
         raise ProtoError(f"{what} holds {len(values)} values for {count} elements")
-    if not values:
-        return [default] * count
-    return values + [values[-1]] * (count - len(values))
-
-
-def to_numpy(proto: tensor_pb2.TensorProto) -> np.ndarray:
-    """Decode a TensorProto; strings come back as an object array of `bytes`."""
-    shape = tensor_shape(proto)
-    count = int(np.prod(shape, dtype=np.int64))
-    if proto.dtype == types_pb2.DT_STRING:
-        values = _fill(list(proto.string_val), count, b"", "string_val")
+    if dtype.kind == "O":
         array = np.empty(count, dtype=object)
-        array[:] = values
-        return array.reshape(shape)
+        array[: len(values)] = list(values)
+        array[len(values) :] = values[-1] if len(values) else b""
+        return array
+    try:
+        array = np.zeros(count, dtype=dtype)
+        if len(values):
+            array[: len(values)] = np.asarray(values).astype(dtype, casting="unsafe")
+            array[len(values) :] = array[len(values) - 1]
+            if dtype.kind in "iu" and (
+                min(values) < np.iinfo(dtype).min or max(values) > np.iinfo(dtype).max
+            ):
+                raise OverflowError(f"values outside {np.iinfo(dtype).min}..{np.iinfo(dtype).max}")
+    except OverflowError as exc:
+        raise ProtoError(f"{what} value out of range for {dtype}: {exc}") from None
+    return array
+
+
+def to_numpy(proto: tensor_pb2.TensorProto, max_elements: int | None = None) -> np.ndarray:
+    """Decode a TensorProto; strings come back as an object array of `bytes`.
+
+    `max_elements` refuses (ProtoError) a shape larger than that before allocating.
+    """
+    shape = check_size(proto, max_elements)
+    count = element_count(shape)
+    if proto.dtype == types_pb2.DT_STRING:
+        return _filled(proto.string_val, count, np.dtype(object), "string_val").reshape(shape)
     if proto.dtype not in _BY_ENUM:
         raise ProtoError(
             f"unsupported tensor dtype {dtype_name(proto.dtype)}: "
@@ -154,11 +193,7 @@ def to_numpy(proto: tensor_pb2.TensorProto) -> np.ndarray:
                 f"shape {list(shape)} of {dtype} needs {expected}"
             )
         return np.frombuffer(proto.tensor_content, dtype=wire).astype(dtype).reshape(shape)
-    values = _fill(list(getattr(proto, field)), count, 0, field)
-    try:
-        return np.array(values, dtype=dtype).reshape(shape)
-    except OverflowError as exc:
-        raise ProtoError(f"{field} value out of range for {dtype}: {exc}") from None
+    return _filled(getattr(proto, field), count, dtype, field).reshape(shape)
 
 
 def strings(array: np.ndarray) -> np.ndarray:

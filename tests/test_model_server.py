@@ -131,6 +131,18 @@ def bad_predict_requests():
     extra_filter.output_filter.append("logits")
     bad_content = predict_request(pixels)
     bad_content.inputs["image"].tensor_content = b"\0" * 10
+
+    def claimed(*shape, values=()):
+        """An image tensor claiming `shape` while carrying almost nothing (tiny on the wire)."""
+        request = predict_request(pixels)
+        tensor = request.inputs["image"]
+        tensor.ClearField("tensor_content")
+        del tensor.tensor_shape.dim[:]
+        for size in shape:
+            tensor.tensor_shape.dim.add(size=size)
+        tensor.int_val.extend(values)
+        return request
+
     return {
         "unknown-model": (predict_request(pixels, name="teapot"), grpc.StatusCode.NOT_FOUND),
         "unknown-version": (predict_request(pixels, version=99), grpc.StatusCode.NOT_FOUND),
@@ -152,6 +164,18 @@ def bad_predict_requests():
         "wrong-rank": (predict_request(pixels[0]), grpc.StatusCode.INVALID_ARGUMENT),
         "unknown-output": (extra_filter, grpc.StatusCode.INVALID_ARGUMENT),
         "truncated-content": (bad_content, grpc.StatusCode.INVALID_ARGUMENT),
+        # Refused from the shape alone, before anything is allocated:
+        "huge-image": (claimed(1, 8000, 8000, 3), grpc.StatusCode.INVALID_ARGUMENT),
+        "absurd-batch": (claimed(2**62, 4, 1, 3), grpc.StatusCode.INVALID_ARGUMENT),
+        "empty-batch": (
+            claimed(0, TINY_SIZE, TINY_SIZE, 3),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        # One value broadcast to 1.5 GB: more than the message cap could ever carry packed.
+        "broadcast-bomb": (
+            claimed(100_000, TINY_SIZE, TINY_SIZE, 3, values=[7]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
     }
 
 
@@ -177,6 +201,13 @@ def test_metadata_error_codes(stub, request_, code):
     with pytest.raises(grpc.RpcError) as info:
         stub.GetModelMetadata(request_, timeout=30)
     assert info.value.code() == code
+
+
+def test_client_strings_are_not_echoed_back_whole(stub):
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetModelMetadata(metadata_request("signature_def", "x" * 1_000_000), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(info.value.details()) < 1000
 
 
 def test_client_maps_server_errors(server):
