@@ -79,6 +79,8 @@ class ModelServerProcess:
             "--stats-file", str(self.stats_file),
             *extra_args,
         ]  # fmt: skip
+        if "--rest-api-port" not in extra_args:  # parallel servers never race for 8501
+            self.args += ["--rest-api-port", str(free_port())]
         self.process: subprocess.Popen | None = None
 
     @property
