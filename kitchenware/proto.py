@@ -130,8 +130,10 @@ def element_count(shape: Sequence[int]) -> int:
     return count
 
 
-def check_size(proto: tensor_pb2.TensorProto, max_elements: int | None) -> tuple[int, ...]:
-    """The shape, refused before anything is allocated when it holds more than `max_elements`.
+def check_size(
+    proto: tensor_pb2.TensorProto, max_elements: int | None
+) -> tuple[tuple[int, ...], int]:
+    """Shape and element count, refused before anything is allocated above `max_elements`.
 
     The typed fields may legally carry fewer values than elements (the last one
     repeats), so a message of a few bytes can describe a huge tensor: the shape,
@@ -144,7 +146,7 @@ def check_size(proto: tensor_pb2.TensorProto, max_elements: int | None) -> tuple
             f"tensor shape {list(shape)} holds {count:,} elements; at most {max_elements:,} "
             "are accepted"
         )
-    return shape
+    return shape, count
 
 
 def _filled(values, count: int, dtype: np.dtype, what: str) -> np.ndarray:
@@ -175,8 +177,7 @@ def to_numpy(proto: tensor_pb2.TensorProto, max_elements: int | None = None) -> 
 
     `max_elements` refuses (ProtoError) a shape larger than that before allocating.
     """
-    shape = check_size(proto, max_elements)
-    count = element_count(shape)
+    shape, count = check_size(proto, max_elements)
     if proto.dtype == types_pb2.DT_STRING:
         return _filled(proto.string_val, count, np.dtype(object), "string_val").reshape(shape)
     if proto.dtype not in _BY_ENUM:
