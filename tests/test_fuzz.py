@@ -240,7 +240,8 @@ def test_truncated_and_corrupted_images(gateway, fmt, cut, flips):
         if data:
             data[min(int(where * len(data)), len(data) - 1)] ^= 1 << bit
     response = post(gateway, files={"file": (f"x.{fmt.lower()}", bytes(data))})
-    assert check(response) in ((200, 415) if data else (400,))
+    # flipped header bytes may claim more pixels than the limit: a documented 413
+    assert check(response) in ((200, 413, 415) if data else (400,))
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
