@@ -63,6 +63,7 @@ test-fast: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 demo: venv
 	$(BIN)/python scripts/demo.py --dir $(DEMO_DIR)
@@ -111,7 +112,7 @@ bench: venv gateway-venv  # every benchmark script in turn (each prints its figu
 # Deployment (docu/deploy.md): docker-compose, kind, AWS EKS.
 # Every target first checks for the tools it needs (need-*) and stops with a
 # clear message when one is missing. The artefacts themselves are validated
-# offline by tests/test_deploy.py (part of `make test`).
+# offline by tests/deploy/test_deploy.py (part of `make test`).
 # ===========================================================================
 MODEL_VERSION ?= 1
 IMAGE_TAG ?= $(MODEL_VERSION)

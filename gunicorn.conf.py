@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kitchenware.errors import KitchenwareError  # noqa: E402
+from kitchenware.core.errors import KitchenwareError  # noqa: E402
 from kitchenware.gateway.config import Settings  # noqa: E402
 
 

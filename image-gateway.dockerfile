@@ -22,7 +22,11 @@ COPY requirements/gateway.txt requirements/gateway.txt
 RUN pip install --no-cache-dir -r requirements/gateway.txt \
     && pip install --no-cache-dir --no-deps "${TFS_API}"
 COPY pyproject.toml README.md ./
-COPY kitchenware kitchenware
+# Only the TensorFlow-free tiers (pyproject's import contract names them).
+COPY kitchenware/__init__.py kitchenware/__init__.py
+COPY kitchenware/core kitchenware/core
+COPY kitchenware/serving kitchenware/serving
+COPY kitchenware/gateway kitchenware/gateway
 RUN pip install --no-cache-dir --no-deps .
 # The runtime needs neither the installers nor the libraries' own test suites:
 # 156 -> 114 MB of venv (measured on the same pinned set), so that with the

@@ -14,7 +14,7 @@ ARG MODEL_VERSION=1
 #   tensorflow_model_server --port=8500 --rest_api_port=8501 \
 #     --model_name=${MODEL_NAME} --model_base_path=${MODEL_BASE_PATH}/${MODEL_NAME} "$@"
 # so the model must sit in /models/kitchenware/<version>/ and MODEL_NAME must be
-# the name the gateway asks for (kitchenware.export.DEFAULT_MODEL_NAME).
+# the name the gateway asks for (kitchenware.core.contract.MODEL_NAME).
 ENV MODEL_NAME=kitchenware \
     MODEL_BASE_PATH=/models \
     REST_PORT=8501

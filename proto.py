@@ -1,10 +1,10 @@
 """The original project's `proto.py`: numpy -> TensorProto without TensorFlow.
 
 Kept for scripts that did `from proto import np_to_protobuf`; the code lives in
-`kitchenware.proto` (which also decodes TF Serving's answers).
+`kitchenware.serving.proto` (which also decodes TF Serving's answers).
 """
 
-from kitchenware.proto import ProtoError, to_numpy, to_tensor_proto
+from kitchenware.serving.proto import ProtoError, to_numpy, to_tensor_proto
 
 
 def np_to_protobuf(data):

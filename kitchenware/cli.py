@@ -11,22 +11,34 @@ import argparse
 import importlib
 import sys
 
-from kitchenware.errors import KitchenwareError
+from kitchenware.core.errors import KitchenwareError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sample-data": ("kitchenware.sample_data", "draw a synthetic data set in Kaggle layout"),
-    "prep": ("kitchenware.prep", "dedupe and split Kaggle data into train/val/test folders"),
-    "train": ("kitchenware.train", "fine-tune a pretrained backbone on prep output"),
-    "tune": ("kitchenware.tune", "grid search over training hyper-parameters"),
-    "evaluate": ("kitchenware.evaluate", "accuracy, per-class metrics and confusion matrix"),
-    "submit": ("kitchenware.submit", "write a Kaggle submission.csv"),
-    "weights": ("kitchenware.weights", "pretrained backbone weights: extract or fetch (cached)"),
-    "export": ("kitchenware.export", "write a TF Serving SavedModel version"),
-    "inspect": ("kitchenware.inspect", "show versions and signatures of exported models"),
-    "model-server": ("kitchenware.model_server", "TF-Serving-compatible gRPC model server"),
+    "sample-data": ("kitchenware.dataprep.synthetic", "draw a synthetic data set in Kaggle layout"),
+    "prep": (
+        "kitchenware.dataprep.prep",
+        "dedupe and split Kaggle data into train/val/test folders",
+    ),
+    "train": ("kitchenware.training.train", "fine-tune a pretrained backbone on prep output"),
+    "tune": ("kitchenware.training.tune", "grid search over training hyper-parameters"),
+    "evaluate": (
+        "kitchenware.training.evaluate",
+        "accuracy, per-class metrics and confusion matrix",
+    ),
+    "submit": ("kitchenware.training.submit", "write a Kaggle submission.csv"),
+    "weights": (
+        "kitchenware.training.weights",
+        "pretrained backbone weights: extract or fetch (cached)",
+    ),
+    "export": ("kitchenware.export.cli", "write a TF Serving SavedModel version"),
+    "inspect": ("kitchenware.export.inspection", "show versions and signatures of exported models"),
+    "model-server": ("kitchenware.model_server.server", "TF-Serving-compatible gRPC model server"),
     "gateway": ("kitchenware.gateway", "HTTP gateway (development server)"),
-    "classify": ("kitchenware.classify", "send photos or URLs to a gateway (test.py)"),
+    "classify": (
+        "kitchenware.serving.gateway_client",
+        "send photos or URLs to a gateway (test.py)",
+    ),
 }
 
 

@@ -55,7 +55,7 @@ def sample_photo() -> bytes:
         return photos[0].read_bytes()
     import numpy as np
 
-    from kitchenware.images import encode_jpeg
+    from kitchenware.core.images import encode_jpeg
 
     y, x = np.mgrid[0:480, 0:640]
     pixels = np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8)
@@ -73,7 +73,7 @@ def e2e_and_memory(
     import tensorflow as tf
     from serve import ServingStack, free_port
 
-    from kitchenware.images import load_image
+    from kitchenware.core.images import load_image
 
     photo = sample_photo()
     workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
@@ -144,8 +144,8 @@ def export_untrained(base: Path, size: int) -> None:
     """Export in a child process: building a Keras model here would slow this process's
     later SavedModel calls (measured 2x), which would flatter the gateway."""
     code = (
-        "import sys; from kitchenware.export import export_saved_model; "
-        "from kitchenware.model import build_model; "
+        "import sys; from kitchenware.export.savedmodel import export_saved_model; "
+        "from kitchenware.training.model import build_model; "
         "m = build_model(size=int(sys.argv[2]), weights='none', inner=8, augment=False, seed=1); "
         "export_saved_model(m, sys.argv[1], version=1)"
     )
@@ -199,7 +199,7 @@ def install_size() -> dict:
 def draft(repeats: int, size: int = 299) -> dict:
     from PIL import Image, ImageOps
 
-    from kitchenware.images import RESAMPLE, load_image
+    from kitchenware.core.images import RESAMPLE, load_image
 
     big = _big_jpeg(sample_photo())
 

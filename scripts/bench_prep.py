@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchlib import cpu_model  # noqa: E402
 
-from kitchenware.prep import prepare  # noqa: E402
-from kitchenware.sample_data import generate  # noqa: E402
+from kitchenware.dataprep.prep import prepare  # noqa: E402
+from kitchenware.dataprep.synthetic import generate  # noqa: E402
 
 
 def _timed_prep(data: Path, out: Path, workers: int) -> tuple[float, float, dict]:

@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from benchlib import cpu_model  # noqa: E402
 from serve import free_port  # noqa: E402
 
-from kitchenware.model_server import read_stats  # noqa: E402
+from kitchenware.model_server.server import read_stats  # noqa: E402
 
 
 def offline_throughput(model_dir: Path, size: int, batch: int, repeats: int) -> float:
@@ -70,7 +70,7 @@ class Server:
         self.target = f"127.0.0.1:{self.port}"
 
     def wait_ready(self) -> None:
-        from kitchenware.client import ServingClient
+        from kitchenware.serving.grpc_client import ServingClient
 
         with ServingClient(self.target, timeout=5) as probe:
             deadline = time.monotonic() + 300
@@ -95,7 +95,7 @@ def served_throughput(target: str, size: int, clients: int, requests: int) -> fl
     """Images/s of `clients` threads, each with its own channel, sending one-image Predicts."""
     import numpy as np
 
-    from kitchenware.client import ServingClient
+    from kitchenware.serving.grpc_client import ServingClient
 
     pixels = np.random.default_rng(1).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     per_client = [ServingClient(target, timeout=300) for _ in range(clients)]
@@ -141,8 +141,8 @@ def main() -> int:
     parser.add_argument("--num-batch-threads", type=int, default=1, help="server batch threads")
     args = parser.parse_args()
 
-    from kitchenware.export import export_saved_model
-    from kitchenware.model import build_model
+    from kitchenware.export.savedmodel import export_saved_model
+    from kitchenware.training.model import build_model
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     servers = []

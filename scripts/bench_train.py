@@ -51,8 +51,8 @@ def bench_pipeline(data: Path, size: int, batch: int, epochs: int) -> None:
     import tensorflow as tf
 
     from kitchenware.cli import main
-    from kitchenware.data import list_split, make_dataset
-    from kitchenware.model import augmentation
+    from kitchenware.training.data import list_split, make_dataset
+    from kitchenware.training.model import augmentation
 
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     prep = work / "prep"
@@ -128,9 +128,9 @@ def bench_pipeline(data: Path, size: int, batch: int, epochs: int) -> None:
 def bench_step(size: int, batch: int, steps: int) -> None:
     import numpy as np
 
-    from kitchenware.export import export_saved_model
-    from kitchenware.model import build_model
-    from kitchenware.train import _compile
+    from kitchenware.export.savedmodel import export_saved_model
+    from kitchenware.training.model import build_model
+    from kitchenware.training.train import _compile
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
@@ -165,7 +165,7 @@ def bench_augment(size: int, batch: int, rounds: int) -> None:
     import tensorflow as tf
     from keras import layers
 
-    from kitchenware.model import augmentation
+    from kitchenware.training.model import augmentation
 
     separate = keras.Sequential(
         [

@@ -96,7 +96,7 @@ def serve_and_classify(demo: Path) -> None:
     """Model server + gunicorn gateway in the background, `test.py` on a few images, stop."""
     from serve import ServingStack, free_port
 
-    from kitchenware.export import versions
+    from kitchenware.core.contract import versions
 
     base = model_base(demo)
     if not versions(base):

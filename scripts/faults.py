@@ -17,7 +17,7 @@ gateway with 2 workers, a local web server for URL inputs):
    file); the next good version is picked up.
 
 Each scenario returns its observations and `expectations(...)` turns them into
-named goals; `tests/test_faults.py` runs the same functions and asserts every goal.
+named goals; `tests/integration/test_faults.py` runs the same functions and asserts every goal.
 Exit code 1 when a goal is missed.
 """
 
@@ -42,10 +42,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "scripts"), str(REPO / "tests")]
 
 from benchlib import machine  # noqa: E402
-from gateway_stack import Gateway, ModelServer, PhotoServer, wait_for  # noqa: E402
 from load import Load, Outcome, export_fresh_model, free_ports, load_photos  # noqa: E402
+from support.gateway_stack import Gateway, ModelServer, PhotoServer, wait_for  # noqa: E402
 
-from kitchenware.model_server import read_stats  # noqa: E402
+from kitchenware.model_server.server import read_stats  # noqa: E402
 
 READY_TIMEOUT_S = 180.0
 # A client that gets an error waits this long before its next request (as real clients

@@ -14,7 +14,7 @@ exits 1 when a goal is missed (any error; RSS growth above `--max-rss-growth`).
 `--concurrency-sweep` runs one shorter load per client count and draws latency
 percentiles and throughput against concurrency as a PNG.
 
-The process helpers are the test-suite's own (tests/gateway_stack.py), so the
+The process helpers are the test-suite's own (tests/support/gateway_stack.py), so the
 load runs exactly what the tests run.
 """
 
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from benchlib import machine  # noqa: E402
-from gateway_stack import Gateway, ModelServer  # noqa: E402
+from support.gateway_stack import Gateway, ModelServer  # noqa: E402
 
 MINI_IMAGES = REPO.parent / "shared" / "data" / "kitchenware-mini" / "images"
 REQUEST_TIMEOUT_S = 60.0
@@ -203,8 +203,8 @@ def export_fresh_model(base: Path, size: int) -> None:
     TensorFlow out of the load generator)."""
     code = (
         "import sys\n"
-        "from kitchenware.export import export_saved_model\n"
-        "from kitchenware.model import build_model\n"
+        "from kitchenware.export.savedmodel import export_saved_model\n"
+        "from kitchenware.training.model import build_model\n"
         "model = build_model(size=int(sys.argv[2]), weights='none', inner=8, augment=False, seed=1)\n"
         "export_saved_model(model, sys.argv[1], version=1)\n"
     )

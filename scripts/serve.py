@@ -25,8 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kitchenware.errors import KitchenwareError  # noqa: E402
-from kitchenware.export import versions  # noqa: E402
+from kitchenware.core.contract import versions  # noqa: E402
+from kitchenware.core.errors import KitchenwareError  # noqa: E402
 
 GATEWAY_VENV_PYTHON = REPO / ".venv-gateway" / "bin" / "python"
 READY_TIMEOUT_S = 300.0

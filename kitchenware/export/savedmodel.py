@@ -1,0 +1,91 @@
+"""Export a trained Keras model as a TF Serving SavedModel version.
+
+The SavedModel carries its own contract (kitchenware.core.contract), so no
+client hard-codes tensor names or class lists. It is written to
+`BASE/<version>/` (TF Serving's layout) through a staging folder renamed into
+place, with a warm-up request in TF Serving's format.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kitchenware.core.contract import (
+    INPUT,
+    MODEL_NAME,
+    OUTPUT_CLASSES,
+    OUTPUT_PROBABILITIES,
+    SIGNATURE,
+    WARMUP_FILE,
+)
+from kitchenware.core.labels import CLASSES
+from kitchenware.export.layout import free_version_dir, next_version, staged_dir
+from kitchenware.training.predict import probabilities
+
+
+def serving_function(model, classes=CLASSES, tta: str = "none"):
+    """The tf.function behind `serving_default` for a Keras model taking uint8 pixels.
+
+    `tta="flip"` serves the average over the image and its mirror (same signature).
+    """
+    import tensorflow as tf
+
+    size = int(model.input_shape[1])
+    names = tf.constant(list(classes))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name=INPUT)])
+    def serve(image):
+        batch = tf.shape(image)[0]
+        labels = tf.broadcast_to(names[tf.newaxis, :], [batch, len(classes)])
+        return {OUTPUT_PROBABILITIES: probabilities(model, image, tta), OUTPUT_CLASSES: labels}
+
+    return serve
+
+
+def write_warmup(saved_model_dir: Path, size: int, model_name: str = MODEL_NAME) -> Path:
+    """One PredictionLog record (a grey image) in assets.extra/, as TF Serving expects."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = SIGNATURE
+    pixels = np.full((1, size, size, 3), 128, dtype=np.uint8)
+    request.inputs[INPUT].CopyFrom(tf.make_tensor_proto(pixels))
+    log = prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)
+    )
+    path = saved_model_dir / WARMUP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(log.SerializeToString())
+    return path
+
+
+def export_saved_model(
+    model,
+    base_dir: str | os.PathLike,
+    version: int | None = None,
+    model_name: str = MODEL_NAME,
+    tta: str = "none",
+) -> Path:
+    """Write `model` to BASE/<version>/ and return that folder (`tta`: see kitchenware.training.predict)."""
+    import tensorflow as tf
+
+    base = Path(base_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    version = next_version(base) if version is None else int(version)
+    target = free_version_dir(base, version)
+
+    from kitchenware.training.model import inference_model
+
+    model = inference_model(model)
+    module = tf.Module()
+    module.model = model
+    module.serve = serving_function(model, tta=tta)
+    with staged_dir(target) as staging:
+        tf.saved_model.save(module, str(staging), signatures={SIGNATURE: module.serve})
+        write_warmup(staging, int(model.input_shape[1]), model_name)
+    return target

@@ -1,0 +1,332 @@
+"""Model versions for the model server: load, validate, warm up, swap, poll.
+
+Like TF Serving, the server watches `BASE/<version>/` folders, serves the
+newest `num_versions` of them and never drops to zero versions: a new version
+is loaded and warmed up completely before it replaces the old one, and a
+version that fails to load is skipped (its reason kept for the status report)
+while the last good one keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kitchenware.core.contract import SIGNATURE, WARMUP_FILE, versions
+from kitchenware.model_server.batching import Batcher, BatchingConfig, BatchStats
+from kitchenware.serving import proto
+
+log = logging.getLogger("kitchenware.model_server.server")
+
+
+class LoadError(Exception):
+    """A version folder that cannot be served (the message says why)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str  # the alias clients use (signature key)
+    dtype: int  # tensorflow DataType enum
+    dims: tuple[int, ...] | None  # None = unknown rank; -1 = any size
+
+    def describe(self) -> str:
+        dims = "?" if self.dims is None else list(self.dims)
+        return f"{proto.dtype_name(self.dtype)} {dims}"
+
+
+class Signature:
+    """One signature of a loaded SavedModel: its contract and how to run it."""
+
+    def __init__(self, name: str, signature_def, function, batcher_config, stats, label):
+        self.name = name
+        self.inputs = {k: _spec(k, v) for k, v in signature_def.inputs.items()}
+        self.outputs = {k: _spec(k, v) for k, v in signature_def.outputs.items()}
+        self._function = function
+        self.batcher = (
+            Batcher(self.run, batcher_config, stats, f"{label}:{name}")
+            if batcher_config is not None
+            else None
+        )
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Call the TensorFlow function once on whole arrays."""
+        import tensorflow as tf
+
+        result = self._function(**{k: tf.constant(v) for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in result.items()}
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run through the batcher when batching is on (and the batch isn't empty)."""
+        rows = len(next(iter(inputs.values()))) if inputs else 0
+        if self.batcher is None or rows == 0 or not _batchable(self.inputs):
+            return self.run(inputs)
+        return self.batcher.submit(inputs)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+def _spec(name: str, tensor_info) -> TensorSpec:
+    shape = tensor_info.tensor_shape
+    dims = None if shape.unknown_rank else tuple(int(d.size) for d in shape.dim)
+    return TensorSpec(name, int(tensor_info.dtype), dims)
+
+
+def _batchable(specs: dict[str, TensorSpec]) -> bool:
+    """Batching needs every input to have a leading batch dimension of any size."""
+    return all(s.dims and s.dims[0] == -1 for s in specs.values())
+
+
+class LoadedVersion:
+    """A SavedModel version loaded into memory, checked and warmed up."""
+
+    def __init__(
+        self,
+        path: Path,
+        version: int,
+        batching: BatchingConfig | None = None,
+        stats: BatchStats | None = None,
+    ):
+        import tensorflow as tf
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        self.path = Path(path)
+        self.version = int(version)
+        try:
+            saved = saved_model_pb2.SavedModel.FromString(
+                (self.path / "saved_model.pb").read_bytes()
+            )
+        except Exception as exc:  # protobuf DecodeError, OSError
+            raise LoadError(f"cannot read {self.path / 'saved_model.pb'}: {exc}") from None
+        if not saved.meta_graphs:
+            raise LoadError(f"{self.path}: saved_model.pb holds no MetaGraph")
+        # What GetModelMetadata answers, exactly as stored (TF Serving does the same).
+        self.signature_defs = saved.meta_graphs[0].signature_def
+        try:
+            loaded = tf.saved_model.load(str(self.path))
+        except Exception as exc:  # TF raises many types for a broken SavedModel
+            raise LoadError(f"tf.saved_model.load({self.path}) failed: {exc}") from None
+        self._loaded = loaded  # keeps variables alive
+        stats = stats or BatchStats()
+        self.signatures: dict[str, Signature] = {}
+        for name, function in loaded.signatures.items():
+            if name not in self.signature_defs:
+                continue
+            self.signatures[name] = Signature(
+                name, self.signature_defs[name], function, batching, stats, f"v{version}"
+            )
+        if SIGNATURE not in self.signatures:
+            self.close()
+            raise LoadError(
+                f"{self.path}: no {SIGNATURE!r} signature (has {sorted(self.signatures)})"
+            )
+        try:
+            self.warm_up()
+        except Exception as exc:
+            self.close()
+            raise LoadError(f"{self.path}: warm-up failed: {exc}") from None
+
+    def warm_up(self) -> int:
+        """Replay assets.extra/tf_serving_warmup_requests (TF Serving's format), or one zero image."""
+        records = _warmup_requests(self.path / WARMUP_FILE)
+        for signature_name, inputs in records:
+            signature = self.signatures.get(signature_name or SIGNATURE)
+            if signature is None:
+                raise LoadError(f"warm-up request names unknown signature {signature_name!r}")
+            signature.run(inputs)
+        if not records:
+            signature = self.signatures[SIGNATURE]
+            zeros = {}
+            for name, spec in signature.inputs.items():
+                if spec.dims is None or any(d < 0 for d in spec.dims[1:]):
+                    return 0  # cannot invent an input of unknown size
+                dtype = proto.numpy_dtype(spec.dtype)
+                fill = b"" if dtype.kind == "O" else 0
+                zeros[name] = np.full((1, *spec.dims[1:]), fill, dtype=dtype)
+            signature.run(zeros)
+            return 1
+        return len(records)
+
+    def close(self) -> None:
+        for signature in self.signatures.values():
+            signature.close()
+
+
+def _warmup_requests(path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
+    if not path.is_file():
+        return []
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    requests = []
+    for record in tf.data.TFRecordDataset(str(path)):
+        entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        if entry.WhichOneof("log_type") != "predict_log":
+            continue  # classify/regress warm-ups do not apply to this server
+        request = entry.predict_log.request
+        inputs = {k: proto.to_numpy(v) for k, v in request.inputs.items()}
+        requests.append((request.model_spec.signature_name, inputs))
+    return requests
+
+
+class VersionManager:
+    """Which versions are served, kept up to date by polling the base path."""
+
+    def __init__(
+        self,
+        base_path: str | Path,
+        model_name: str,
+        num_versions: int = 1,
+        batching: BatchingConfig | None = None,
+        stats: BatchStats | None = None,
+        on_change=None,
+    ):
+        self.base_path = Path(base_path)
+        self.model_name = model_name
+        self.num_versions = max(1, int(num_versions))
+        self.batching = batching
+        self.stats = stats or BatchStats()
+        self._on_change = on_change
+        self._lock = threading.Lock()
+        self._serving: dict[int, LoadedVersion] = {}
+        self._retired: list[LoadedVersion] = []
+        # version -> (saved_model.pb mtime, reason): a fixed folder is tried again.
+        self._failures: dict[int, tuple[float, str]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_poll_error = ""
+
+    # -- queries ---------------------------------------------------------------
+    def serving(self) -> dict[int, LoadedVersion]:
+        with self._lock:
+            return dict(self._serving)
+
+    def latest(self) -> LoadedVersion | None:
+        serving = self.serving()
+        return serving[max(serving)] if serving else None
+
+    def failures(self) -> dict[int, str]:
+        with self._lock:
+            return {v: reason for v, (_, reason) in sorted(self._failures.items())}
+
+    def not_loaded_reason(self) -> str:
+        failures = self.failures()
+        if failures:
+            version, reason = max(failures.items())
+            return f"version {version} failed to load: {reason}"
+        if self.last_poll_error:
+            return self.last_poll_error
+        return f"no version of model {self.model_name!r} found under {self.base_path}"
+
+    def status(self) -> dict:
+        return {
+            "model": self.model_name,
+            "base_path": str(self.base_path),
+            "serving_versions": sorted(self.serving()),
+            "failed_versions": {str(v): r for v, r in self.failures().items()},
+        }
+
+    # -- polling -----------------------------------------------------------------
+    def _mtime(self, version: int) -> float:
+        try:
+            return (self.base_path / str(version) / "saved_model.pb").stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def _failed(self, version: int) -> bool:
+        with self._lock:
+            entry = self._failures.get(version)
+        return entry is not None and entry[0] == self._mtime(version)
+
+    def poll_once(self) -> bool:
+        """Load what is new, retire what is gone; returns True when the served set changed."""
+        with self._lock:
+            retired, self._retired = self._retired, []
+        for old in retired:  # retired one poll ago: in-flight requests have finished
+            old.close()
+        try:
+            on_disk = versions(self.base_path)
+            self.last_poll_error = ""
+        except OSError as exc:
+            self.last_poll_error = f"cannot list {self.base_path}: {exc}"
+            log.warning("%s", self.last_poll_error)
+            return False
+        current = self.serving()
+        loaded = dict(current)
+        wanted = [v for v in on_disk if not self._failed(v)][-self.num_versions :]
+        for version in reversed(wanted):
+            if version in loaded:
+                continue
+            log.info("loading %s version %d from %s", self.model_name, version, self.base_path)
+            started = time.monotonic()
+            try:
+                loaded[version] = LoadedVersion(
+                    self.base_path / str(version), version, self.batching, self.stats
+                )
+            except Exception as exc:
+                reason = str(exc)
+                with self._lock:
+                    self._failures[version] = (self._mtime(version), reason)
+                log.error(
+                    "version %d of %s NOT loaded, keeping %s: %s",
+                    version,
+                    self.model_name,
+                    sorted(current) or "nothing",
+                    reason,
+                )
+                if self._on_change:
+                    self._on_change()  # status reports now carry the reason
+                continue
+            with self._lock:
+                self._failures.pop(version, None)
+            log.info("loaded version %d in %.1f s", version, time.monotonic() - started)
+        wanted = [v for v in on_disk if not self._failed(v)][-self.num_versions :]
+        new = {v: loaded[v] for v in wanted if v in loaded}
+        if not new:
+            new = current  # never drop to zero versions (availability preserving)
+        for version, model in loaded.items():
+            if version not in new and version not in current:
+                model.close()  # loaded but not wanted after all
+        if sorted(new) == sorted(current):
+            return False
+        with self._lock:
+            self._serving = new
+            self._retired = [m for v, m in current.items() if v not in new]
+        log.info("serving %s versions %s", self.model_name, sorted(new))
+        if self._on_change:
+            self._on_change()
+        return True
+
+    def start(self, poll_seconds: float) -> None:
+        """Poll in a background thread every `poll_seconds` (0: load once, no polling)."""
+        self.poll_once()
+        if poll_seconds <= 0:
+            return
+        self._thread = threading.Thread(
+            target=self._poll_loop, args=(poll_seconds,), name="version-poller", daemon=True
+        )
+        self._thread.start()
+
+    def _poll_loop(self, poll_seconds: float) -> None:
+        while not self._stop.wait(poll_seconds):
+            try:
+                self.poll_once()
+            except Exception:  # the poller must survive anything a folder can do
+                log.exception("polling %s failed", self.base_path)
+
+    def stop(self) -> None:
+        """Stop polling; let batchers finish what is queued."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            models = list(self._serving.values()) + self._retired
+            self._retired = []
+        for model in models:
+            model.close()

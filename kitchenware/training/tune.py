@@ -1,0 +1,240 @@
+"""Grid search over training hyper-parameters, resumable.
+
+Each combination of --lr, --inner, --dropout and --augment trains into
+DIR/trials/<name>/. A trial counts as finished once its history.json exists;
+on rerun finished trials are skipped and an interrupted one starts over. A
+finished trial trained with other settings (another --epochs, --size, ...)
+stops the run instead of being mixed into the results.
+After every trial DIR/results.csv, DIR/results.md (sorted by best validation
+accuracy) and DIR/best.json (the winning configuration) are rewritten.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from kitchenware.core.contract import DEFAULT_IMAGE_SIZE
+from kitchenware.core.errors import KitchenwareError
+from kitchenware.training.train import BEST_MODEL, CLASS_WEIGHTINGS, TrainConfig, train, validate
+
+FIELDS = [
+    "trial",
+    "lr",
+    "inner",
+    "dropout",
+    "augment",
+    "best_val_accuracy",
+    "best_epoch",
+    "epochs_run",
+    "seconds",
+    "model",
+]
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise KitchenwareError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise KitchenwareError("empty list")
+    return values
+
+
+def _ints(text: str) -> list[int]:
+    values = _floats(text)
+    if any(v != int(v) for v in values):
+        raise KitchenwareError(f"expected comma-separated integers, got {text!r}")
+    return [int(v) for v in values]
+
+
+def _switches(text: str) -> list[bool]:
+    mapping = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
+    try:
+        values = [mapping[v.strip().lower()] for v in text.split(",") if v.strip()]
+    except KeyError as exc:
+        raise KitchenwareError(f"--augment takes on/off values, got {exc.args[0]!r}") from None
+    if not values:
+        raise KitchenwareError("--augment: empty list")
+    return values
+
+
+def trial_name(lr: float, inner: int, dropout: float, augment: bool) -> str:
+    return f"lr{lr:g}_inner{inner}_dropout{dropout:g}_aug{'on' if augment else 'off'}"
+
+
+def grid(lrs, inners, dropouts, augments) -> list[dict]:
+    return [
+        {"lr": lr, "inner": inner, "dropout": dropout, "augment": augment}
+        for lr, inner, dropout, augment in itertools.product(lrs, inners, dropouts, augments)
+    ]
+
+
+def _row_from_run(name: str, params: dict, run_dir: Path) -> dict:
+    summary = json.loads((run_dir / "history.json").read_text())
+    return {
+        "trial": name,
+        **params,
+        "best_val_accuracy": summary["best_val_accuracy"],
+        "best_epoch": summary["best_epoch"],
+        "epochs_run": summary["epochs_run"],
+        "seconds": summary["seconds"],
+        "model": str(run_dir / BEST_MODEL),
+    }
+
+
+def write_results(out: Path, rows: list[dict], base: TrainConfig) -> None:
+    ranked = sorted(rows, key=lambda r: (-r["best_val_accuracy"], r["trial"]))
+    with (out / "results.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(ranked)
+    lines = [
+        f"# Tuning results ({base.backbone}, {base.size} px, weights {base.weights}, "
+        f"up to {base.epochs} epochs)",
+        "",
+        "| rank | lr | inner | dropout | augment | best val acc | epoch | seconds |",
+        "|---:|---:|---:|---:|:---:|---:|---:|---:|",
+    ]
+    for rank, r in enumerate(ranked, 1):
+        lines.append(
+            f"| {rank} | {r['lr']:g} | {r['inner']} | {r['dropout']:g} | "
+            f"{'on' if r['augment'] else 'off'} | {r['best_val_accuracy']:.4f} | "
+            f"{r['best_epoch']} | {r['seconds']} |"
+        )
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    best = ranked[0]
+    config = json.loads((Path(best["model"]).parent / "config.json").read_text())
+    (out / "best.json").write_text(json.dumps({"result": best, "config": config}, indent=2) + "\n")
+
+
+# Settings that do not change a trial's result: a rerun may differ in these.
+_NOT_COMPARED = ("out", "verbose", "cache", "feature_cache")
+
+
+def _changed_settings(config: TrainConfig, run_dir: Path) -> list[str]:
+    """Settings of a finished trial (its config.json) that differ from `config`."""
+    saved = json.loads((run_dir / "config.json").read_text())
+    wanted = json.loads(json.dumps(asdict(config)))  # tuples -> lists, as saved
+    changed = []
+    for key, value in wanted.items():
+        if key in _NOT_COMPARED:
+            continue
+        old = saved.get(key)
+        if key == "data" and old is not None:
+            same = Path(old).resolve() == Path(value).resolve()
+        else:
+            same = old == value
+        if not same:
+            changed.append(f"{key} {old!r} -> {value!r}")
+    return changed
+
+
+def tune(base: TrainConfig, params: list[dict], out: Path) -> list[dict]:
+    """Run every missing trial; returns all result rows (finished earlier or now).
+
+    Every trial's settings are checked before the first one trains, and a
+    finished trial is reused only if it was trained with the same settings.
+    """
+    trials_dir = out / "trials"
+    configs = [
+        TrainConfig(**{**asdict(base), **p, "out": str(trials_dir / trial_name(**p))})
+        for p in params
+    ]
+    validate(base)  # bad data or flags fail before the first trial
+    for config in configs:
+        validate(config)  # and so do bad grid values (--dropout 1.5)
+    stale = {
+        c.out: changed
+        for c in configs
+        if (Path(c.out) / "history.json").is_file()
+        and (changed := _changed_settings(c, Path(c.out)))
+    }
+    if stale:
+        listed = "; ".join(f"{Path(k).name}: {', '.join(v)}" for k, v in stale.items())
+        raise KitchenwareError(
+            f"{out} holds finished trials trained with other settings ({listed}); "
+            "use another --out, or delete those trial folders to retrain them"
+        )
+    import keras
+
+    trials_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for number, (p, config) in enumerate(zip(params, configs, strict=True), 1):
+        name = trial_name(**p)
+        run_dir = Path(config.out)
+        if (run_dir / "history.json").is_file():
+            print(f"[{number}/{len(params)}] {name}: finished earlier, skipped")
+        else:
+            if run_dir.exists():  # interrupted: start that trial over
+                shutil.rmtree(run_dir)
+            print(f"[{number}/{len(params)}] {name}: training")
+            train(config, link_latest=False)
+            keras.backend.clear_session()
+        rows.append(_row_from_run(name, p, run_dir))
+        write_results(out, rows, base)
+    return rows
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--data", required=True, help="output folder of `kitchenware prep`")
+    parser.add_argument("--out", default="runs/tune", help="folder for trials and results")
+    parser.add_argument("--lr", default="0.0001,0.001,0.01", help="learning rates")
+    parser.add_argument("--inner", default="0,10,100", help="inner layer sizes (0 = none)")
+    parser.add_argument("--dropout", default="0,0.2,0.5", help="dropout rates")
+    parser.add_argument("--augment", default="on,off", help="augmentation on/off")
+    parser.add_argument("--backbone", default="xception")
+    parser.add_argument("--size", type=int, default=DEFAULT_IMAGE_SIZE)
+    parser.add_argument("--weights", default="imagenet", help="imagenet, none or a weights file")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--class-weights", default="none", choices=CLASS_WEIGHTINGS)
+    parser.add_argument(
+        "--cached-features",
+        action="store_true",
+        help="train heads on backbone features computed once (needs --augment off)",
+    )
+    parser.add_argument(
+        "--feature-cache",
+        default=None,
+        metavar="DIR",
+        help="features shared by all trials (default with --cached-features: OUT/features)",
+    )
+    parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
+
+
+def run(args) -> int:
+    params = grid(
+        _floats(args.lr), _ints(args.inner), _floats(args.dropout), _switches(args.augment)
+    )
+    base = TrainConfig(
+        data=args.data,
+        out=args.out,
+        backbone=args.backbone,
+        size=args.size,
+        weights=args.weights,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        patience=args.patience,
+        class_weights=args.class_weights,
+        cached_features=args.cached_features,
+        feature_cache=args.feature_cache
+        or (str(Path(args.out) / "features") if args.cached_features else None),
+        verbose=args.verbose,
+    )
+    out = Path(args.out)
+    rows = tune(base, params, out)
+    best = max(rows, key=lambda r: r["best_val_accuracy"])
+    print((out / "results.md").read_text())
+    print(
+        f"best: {best['trial']} val accuracy {best['best_val_accuracy']:.4f} ({out / 'best.json'})"
+    )
+    return 0

@@ -1,0 +1,133 @@
+"""SavedModel export: the exact serving contract, parity with Keras, warm-up, versions, inspect."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kitchenware.cli import main
+from kitchenware.core.contract import SIGNATURE, WARMUP_FILE, versions
+from kitchenware.core.labels import CLASSES
+from kitchenware.export.layout import next_version
+from kitchenware.export.savedmodel import export_saved_model
+from kitchenware.training.model import load_keras_model
+
+SIZE = 71
+
+
+@pytest.fixture(scope="module")
+def mini_export(mini_run, tmp_path_factory):
+    """The model trained on real photos, exported through the CLI to BASE/1."""
+    base = tmp_path_factory.mktemp("export") / "kitchenware"
+    assert main(["export", "--model", str(mini_run.best_model), "--out", str(base)]) == 0
+    return base
+
+
+@pytest.fixture(scope="module")
+def loaded(mini_export):
+    import tensorflow as tf
+
+    return tf.saved_model.load(str(mini_export / "1"))
+
+
+@pytest.fixture(scope="module")
+def real_photos(mini_data):
+    from kitchenware.core.images import load_image
+
+    ids = sorted(p.stem for p in (mini_data / "images").glob("*.jpg"))[:12]
+    return np.stack([load_image(mini_data / "images" / f"{i}.jpg", size=SIZE) for i in ids])
+
+
+@pytest.mark.slow
+def test_signature_is_exactly_the_contract(loaded):
+    import tensorflow as tf
+
+    assert list(loaded.signatures) == [SIGNATURE]
+    fn = loaded.signatures[SIGNATURE]
+    args, kwargs = fn.structured_input_signature
+    assert args == () and list(kwargs) == ["image"]
+    assert kwargs["image"].dtype == tf.uint8 and kwargs["image"].shape.as_list() == [
+        None,
+        SIZE,
+        SIZE,
+        3,
+    ]
+    outputs = fn.structured_outputs
+    assert sorted(outputs) == ["classes", "probabilities"]
+    assert outputs["probabilities"].dtype == tf.float32
+    assert outputs["probabilities"].shape.as_list() == [None, 6]
+    assert outputs["classes"].dtype == tf.string and outputs["classes"].shape.as_list() == [None, 6]
+
+
+@pytest.mark.slow
+def test_savedmodel_probabilities_match_keras_logits_on_real_photos(mini_run, loaded, real_photos):
+    import tensorflow as tf
+
+    keras_model = load_keras_model(mini_run.best_model)
+    logits = np.asarray(keras_model(real_photos, training=False), dtype=np.float64)
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    served = loaded.signatures[SIGNATURE](image=tf.constant(real_photos))
+    probabilities = served["probabilities"].numpy()
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert (probabilities.argmax(axis=1) == logits.argmax(axis=1)).all()
+    names = served["classes"].numpy().astype(str)
+    assert names.shape == (len(real_photos), 6) and (names == np.asarray(CLASSES)).all()
+
+
+@pytest.mark.slow
+def test_warmup_record_parses_and_runs(mini_export, loaded):
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    records = list(tf.data.TFRecordDataset(str(mini_export / "1" / WARMUP_FILE)))
+    assert len(records) == 1
+    log = prediction_log_pb2.PredictionLog.FromString(records[0].numpy())
+    request = log.predict_log.request
+    assert request.model_spec.signature_name == SIGNATURE and list(request.inputs) == ["image"]
+    image = tf.make_ndarray(request.inputs["image"])
+    assert image.dtype == np.uint8 and image.shape == (1, SIZE, SIZE, 3)
+    result = loaded.signatures[SIGNATURE](image=tf.constant(image))
+    assert result["probabilities"].shape == (1, 6)
+
+
+@pytest.mark.slow
+def test_versions_increment_and_never_overwrite(mini_run, tmp_path, capsys):
+
+    base = tmp_path / "models"
+    model = load_keras_model(mini_run.best_model)
+    assert next_version(base) == 1
+    export_saved_model(model, base)
+    export_saved_model(model, base)
+    assert versions(base) == [1, 2] and next_version(base) == 3
+    assert (
+        main(["export", "--model", str(mini_run.best_model), "--out", str(base), "--version", "2"])
+        == 2
+    )
+    assert "already exists" in capsys.readouterr().err
+    assert main(["export", "--model", str(tmp_path / "nope.keras"), "--out", str(base)]) == 2
+    assert "model file not found" in capsys.readouterr().err
+    assert versions(base) == [1, 2] and not [p for p in base.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_inspect_shows_versions_and_signature(mini_export, capsys):
+    assert main(["inspect", str(mini_export)]) == 0
+    text = capsys.readouterr().out
+    assert "version 1:" in text and "signature_def['serving_default']" in text
+    assert f"image: DT_UINT8 shape (-1, {SIZE}, {SIZE}, 3)" in text
+    assert (
+        "probabilities: DT_FLOAT shape (-1, 6)" in text
+        and "classes: DT_STRING shape (-1, 6)" in text
+    )
+    assert main(["inspect", str(mini_export), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert [v["version"] for v in found] == ["1"] and found[0]["warmup"] is True
+
+
+def test_inspect_rejects_a_folder_without_models(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert "holds no SavedModel versions" in capsys.readouterr().err

@@ -1,5 +1,0 @@
-"""Put tests/netguard on a child's PYTHONPATH and the child can connect to loopback only."""
-
-import loopback_only
-
-loopback_only.install()
