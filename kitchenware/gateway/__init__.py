@@ -10,11 +10,11 @@ from __future__ import annotations
 from kitchenware.core.contract import GATEWAY_PORT
 
 
-def create_app(settings=None):
+def create_app(settings=None, model_client=None):
     """The gateway's Flask app (see `kitchenware.gateway.app.create_app`)."""
     from kitchenware.gateway.app import create_app as _create_app
 
-    return _create_app(settings)
+    return _create_app(settings, model_client)
 
 
 def add_arguments(parser) -> None:

@@ -46,15 +46,22 @@ SECURITY_HEADERS = {
 
 
 class ClientProvider:
-    """One ServingClient per process, created on first use (so after gunicorn's fork)."""
+    """One ServingClient per process, created on first use (so after gunicorn's fork).
 
-    def __init__(self, settings: Settings) -> None:
+    `fixed` replaces it with a given client (anything with ServingClient's
+    metadata / predict / check_ready): the in-process tests use a fake one.
+    """
+
+    def __init__(self, settings: Settings, fixed=None) -> None:
         self.settings = settings
         self._lock = threading.Lock()
-        self._client = None
+        self._client = fixed
+        self._fixed = fixed is not None
         self._pid: int | None = None
 
     def get(self):
+        if self._fixed:
+            return self._client
         with self._lock:
             if self._client is None or self._pid != os.getpid():
                 from kitchenware.serving.grpc_client import ServingClient
@@ -72,9 +79,9 @@ class ClientProvider:
 class Gateway:
     """What one app instance needs to answer requests."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, model_client=None) -> None:
         self.settings = settings
-        self.clients = ClientProvider(settings)
+        self.clients = ClientProvider(settings, model_client)
         self.metrics = GatewayMetrics()
         self.fetcher = UrlFetcher(
             timeout=settings.url_fetch_timeout,
@@ -209,13 +216,17 @@ def _http_code(exc: HTTPException) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """The gateway's Flask app; `settings` default to `Settings.from_env()`."""
+def create_app(settings: Settings | None = None, model_client=None) -> Flask:
+    """The gateway's Flask app; `settings` default to `Settings.from_env()`.
+
+    `model_client` stands in for the gRPC client (see ClientProvider); production
+    never passes one.
+    """
     settings = settings if settings is not None else Settings.from_env()
     app = Flask(__name__, static_folder="static", static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, model_client)
     app.extensions["kitchenware_gateway"] = gateway
 
     @app.before_request

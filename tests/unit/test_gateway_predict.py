@@ -1,0 +1,244 @@
+"""/predict and the health routes in process: Flask's test client, a fake model client.
+
+The fake stands where the gRPC ServingClient stands (metadata / predict /
+check_ready) and records what the gateway sent it, so these tests check the
+gateway's own work (input forms, decoding to the model's size, the answer's
+shape, error mapping, metrics) in milliseconds. The real client against a real
+model server is tests/integration/test_gateway_serving.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kitchenware.core.labels import CLASSES
+from kitchenware.gateway import create_app
+from kitchenware.gateway.config import Settings
+from kitchenware.serving.grpc_client import (
+    ModelContractError,
+    ModelMetadata,
+    ModelServerError,
+    ModelTimeout,
+    ModelUnavailable,
+    Prediction,
+)
+
+SIZE = 32
+
+
+def metadata(size: int = SIZE, version: int = 3) -> ModelMetadata:
+    return ModelMetadata(
+        name="kitchenware",
+        version=version,
+        signature="serving_default",
+        input_name="image",
+        input_dtype="uint8",
+        image_size=size,
+        output_names=("classes", "probabilities"),
+        probabilities_output="probabilities",
+        classes_output="classes",
+    )
+
+
+class FakeModelClient:
+    """Answers like a served model whose favourite class is `best`; or fails with `error`."""
+
+    def __init__(self, best: int = 2, error: Exception | None = None) -> None:
+        self.best = best
+        self.error = error
+        self.meta = metadata()  # what the server serves now
+        self.cached = self.meta  # what a client that has not refreshed still believes
+        self.sent: list[np.ndarray] = []
+        self.metadata_calls: list[bool] = []
+        self.fail_next_predict: Exception | None = None
+
+    def metadata(self, refresh: bool = False, timeout: float | None = None) -> ModelMetadata:
+        self.metadata_calls.append(refresh)
+        if self.error is not None:
+            raise self.error
+        if refresh:
+            self.cached = self.meta
+        return self.cached
+
+    def predict(self, pixels: np.ndarray) -> Prediction:
+        self.sent.append(pixels)
+        if self.fail_next_predict is not None:
+            error, self.fail_next_predict = self.fail_next_predict, None
+            raise error
+        if self.error is not None:
+            raise self.error
+        rows = np.full((len(pixels), len(CLASSES)), 0.02, dtype=np.float32)
+        rows[:, self.best] = 1.0 - 0.02 * (len(CLASSES) - 1)
+        return Prediction(probabilities=rows, classes=list(CLASSES), version=self.meta.version)
+
+    def check_ready(self, timeout: float | None = None) -> tuple[bool, str]:
+        if self.error is not None:
+            return False, str(self.error)
+        return True, f"model kitchenware version {self.meta.version} loaded"
+
+
+def photo(width: int = 40, height: int = 30, fmt: str = "JPEG", colour=(200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def model() -> FakeModelClient:
+    return FakeModelClient()
+
+
+@pytest.fixture
+def client(model, monkeypatch):
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    app = create_app(Settings(max_batch=4, max_image_bytes=200_000), model_client=model)
+    return app.test_client()
+
+
+def test_one_upload_answers_one_prediction_in_the_documented_shape(client, model):
+    response = client.post("/predict", data=photo(), content_type="image/jpeg")
+    assert response.status_code == 200
+    answer = response.get_json()
+    assert list(answer) == ["label", "probability", "probabilities", "model"]
+    assert answer["label"] == CLASSES[model.best]
+    assert answer["probability"] == pytest.approx(0.9)
+    assert list(answer["probabilities"]) == list(CLASSES)
+    assert sum(answer["probabilities"].values()) == pytest.approx(1.0)
+    assert answer["model"] == {"name": "kitchenware", "version": 3}
+
+
+def test_pixels_are_resized_to_the_size_the_model_declares(client, model):
+    assert (
+        client.post("/predict", data=photo(400, 300), content_type="image/png").status_code == 200
+    )
+    (sent,) = model.sent
+    assert sent.dtype == np.uint8 and sent.shape == (1, SIZE, SIZE, 3)
+    assert [int(v) for v in sent[0, SIZE // 2, SIZE // 2]] == pytest.approx([200, 30, 30], abs=3)
+
+
+@pytest.mark.parametrize("form", ["images", "multipart"])
+def test_a_batch_answers_predictions_in_request_order(client, model, form):
+    images = [photo(colour=(i * 40, 0, 0)) for i in range(3)]
+    if form == "images":
+        body = {"images": [base64.b64encode(data).decode() for data in images]}
+        response = client.post("/predict", json=body)
+    else:
+        files = [(io.BytesIO(data), f"{i}.jpg") for i, data in enumerate(images)]
+        response = client.post("/predict", data={"file": files}, content_type="multipart/form-data")
+    assert response.status_code == 200
+    predictions = response.get_json()["predictions"]
+    assert len(predictions) == 3 and len(model.sent) == 1 and len(model.sent[0]) == 3
+    reds = [int(model.sent[0][i, 0, 0, 0]) for i in range(3)]
+    assert reds == sorted(reds) and reds[0] < reds[2]
+
+
+def test_a_data_url_prefix_is_accepted(client):
+    encoded = "data:image/png;base64," + base64.b64encode(photo(fmt="PNG")).decode()
+    assert client.post("/predict", json={"image": encoded}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"json": {"nothing": 1}}, 400, "bad_request"),
+        ({"json": {"image": "not base64!"}}, 400, "bad_request"),
+        ({"json": {"images": []}}, 400, "bad_request"),
+        ({"data": b"plain words", "content_type": "text/plain"}, 400, "bad_request"),
+        ({"data": b"", "content_type": "image/jpeg"}, 400, "bad_request"),
+        ({"data": b"GIF89a but not really", "content_type": "image/gif"}, 415, "not_an_image"),
+        ({"data": b"x" * 200_001, "content_type": "image/jpeg"}, 413, "too_large"),
+    ],
+    ids=["unknown-key", "bad-base64", "empty-list", "text", "empty-body", "fake-gif", "too-big"],
+)
+def test_bad_requests_get_the_documented_error_and_never_reach_the_model(
+    client, model, kwargs, status, code
+):
+    response = client.post("/predict", **kwargs)
+    assert response.status_code == status
+    error = response.get_json()["error"]
+    assert error["code"] == code and error["message"]
+    assert model.sent == []
+
+
+def test_more_images_than_max_batch_are_refused(client, model):
+    body = {"images": [base64.b64encode(photo()).decode()] * 5}
+    response = client.post("/predict", json=body)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["message"] == "5 images in one request; the limit is 4"
+    assert model.sent == []
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(model, monkeypatch):
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    app = create_app(Settings(max_image_pixels=1000), model_client=model)
+    response = app.test_client().post("/predict", data=photo(50, 50), content_type="image/jpeg")
+    assert response.status_code == 413
+    assert "2,500 pixels" in response.get_json()["error"]["message"]
+    assert model.sent == []
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (ModelUnavailable("connection refused"), 503, "model_unavailable"),
+        (ModelTimeout("deadline exceeded"), 504, "model_timeout"),
+        (ModelServerError("INVALID_ARGUMENT: bad"), 502, "model_server_error"),
+        (ModelContractError("no probabilities output"), 502, "model_server_error"),
+    ],
+    ids=["unavailable", "timeout", "server-error", "contract"],
+)
+def test_model_server_failures_map_to_documented_gateway_errors(client, model, error, status, code):
+    model.error = error
+    response = client.post("/predict", data=photo(), content_type="image/jpeg")
+    assert response.status_code == status
+    assert response.get_json()["error"]["code"] == code
+    assert str(error) in response.get_json()["error"]["message"]
+
+
+def test_a_failed_predict_refreshes_the_metadata_and_retries_at_the_new_size(client, model):
+    assert client.post("/predict", data=photo(), content_type="image/jpeg").status_code == 200
+    model.meta = metadata(size=48, version=4)  # a new version with another input size
+    model.fail_next_predict = ModelServerError("INVALID_ARGUMENT: expected 48x48")
+    response = client.post("/predict", data=photo(), content_type="image/jpeg")
+    assert response.status_code == 200
+    assert response.get_json()["model"]["version"] == 4
+    assert [sent.shape[1] for sent in model.sent] == [SIZE, SIZE, 48]
+    assert model.metadata_calls[-1] is True
+
+
+def test_readyz_follows_the_model_and_healthz_does_not(client, model):
+    assert client.get("/readyz").status_code == 200
+    assert "version 3" in client.get("/readyz").get_json()["reason"]
+    model.error = ModelUnavailable("no route")
+    not_ready = client.get("/readyz")
+    assert not_ready.status_code == 503
+    assert not_ready.get_json()["error"] == {"code": "model_unavailable", "message": "no route"}
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_metrics_count_requests_by_status_and_images_classified(client):
+    client.post("/predict", json={"images": [base64.b64encode(photo()).decode()] * 2})
+    client.post("/predict", json={"nothing": 1})
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'gateway_requests_total{endpoint="/predict",method="POST",status="200"} 1.0' in text
+    assert 'gateway_requests_total{endpoint="/predict",method="POST",status="400"} 1.0' in text
+    assert "gateway_images_classified_total 2.0" in text
+
+
+def test_every_answer_carries_the_security_headers(client):
+    for response in (client.get("/healthz"), client.post("/predict", json={})):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+
+
+def test_unknown_routes_and_methods_answer_json(client):
+    missing = client.get("/nope")
+    assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "not_found"
+    wrong = client.get("/predict")
+    assert wrong.status_code == 405 and "POST" in wrong.headers["Allow"]
+    assert wrong.get_json()["error"]["code"] == "method_not_allowed"
