@@ -1,4 +1,4 @@
-"""Offline readers for the deployment files, used by tests/deploy/test_deploy.py.
+"""Offline readers for the deployment files, used by the tests in tests/deploy/.
 
 No kustomize binary can be installed from a package registry here, so
 `render_kustomization` applies the few kustomize features our overlays use
@@ -16,7 +16,10 @@ import re
 import shlex
 from pathlib import Path
 
+import kubernetes_validate
 import yaml
+
+from support.paths import REPO
 
 KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "images", "patches"}
 IMAGE_KEYS = {"name", "newName", "newTag"}
@@ -235,3 +238,65 @@ def makefile_prerequisites(makefile: Path, target: str) -> list[str]:
     match = re.search(rf"^{re.escape(target)}:(?!=)(.*)$", makefile.read_text(), re.MULTILINE)
     assert match, f"{makefile}: no target {target}"
     return match.group(1).split()
+
+
+# --- the repository's deployment files and readers over them ---
+
+
+KUBE = REPO / "kube-config"
+BASE = KUBE / "base"
+OVERLAYS = ["kind", "eks"]
+MODEL_DOCKERFILE = REPO / "image-model.dockerfile"
+GATEWAY_DOCKERFILE = REPO / "image-gateway.dockerfile"
+COMPOSE = REPO / "docker-compose.yaml"
+BATCHING_FILE = REPO / "serving" / "batching_parameters.txt"
+HEALTHCHECK = REPO / "serving" / "model-healthcheck.sh"
+MAKEFILE = REPO / "Makefile"
+# Kubernetes minor version the schemas are pinned to; kind's node image and
+# eksctl's cluster version must name the same one.
+K8S_VERSION = "1.32"
+# Memory per instance type named in eks-config.yaml (GiB).
+INSTANCE_MEMORY_GIB = {"t3.large": 8, "t3.xlarge": 16, "m5.large": 8, "m5.xlarge": 16}
+TENSORFLOW_DISTRIBUTIONS = {"tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tf-nightly", "keras"}
+
+
+def validate(doc: dict) -> None:
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def base_manifests() -> list[Path]:
+    return sorted(p for p in BASE.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def by_kind_name(docs: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def rendered(overlay: str) -> dict[tuple[str, str], dict]:
+    return by_kind_name(render_kustomization(KUBE / "overlays" / overlay))
+
+
+def base_docs() -> dict[tuple[str, str], dict]:
+    return by_kind_name(render_kustomization(BASE))
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in container.get("env", [])}
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def parse_quantity_gib(text: str) -> float:
+    units = {"Ki": 2**-20, "Mi": 2**-10, "Gi": 1, "M": 1e6 / 2**30, "G": 1e9 / 2**30}
+    match = re.fullmatch(r"([\d.]+)([A-Za-z]*)", str(text))
+    assert match and match.group(2) in units, f"unsupported memory quantity {text!r}"
+    return float(match.group(1)) * units[match.group(2)]
+
+
+def batching_text_fields(text: str) -> dict[str, int]:
+    return {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"^(\w+)\s*\{\s*value:\s*(\d+)\s*\}", text, re.M)
+    }
