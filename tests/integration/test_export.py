@@ -18,18 +18,18 @@ SIZE = 71
 
 
 @pytest.fixture(scope="module")
-def mini_export(mini_run, tmp_path_factory):
-    """The model trained on real photos, exported through the CLI to BASE/1."""
+def tiny_export(tiny_run, tmp_path_factory):
+    """The tiny trained model, exported through the CLI to BASE/1."""
     base = tmp_path_factory.mktemp("export") / "kitchenware"
-    assert main(["export", "--model", str(mini_run.best_model), "--out", str(base)]) == 0
+    assert main(["export", "--model", str(tiny_run.best_model), "--out", str(base)]) == 0
     return base
 
 
 @pytest.fixture(scope="module")
-def loaded(mini_export):
+def loaded(tiny_export):
     import tensorflow as tf
 
-    return tf.saved_model.load(str(mini_export / "1"))
+    return tf.saved_model.load(str(tiny_export / "1"))
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +62,10 @@ def test_signature_is_exactly_the_contract(loaded):
 
 
 @pytest.mark.slow
-def test_savedmodel_probabilities_match_keras_logits_on_real_photos(mini_run, loaded, real_photos):
+def test_savedmodel_probabilities_match_keras_logits_on_real_photos(tiny_run, loaded, real_photos):
     import tensorflow as tf
 
-    keras_model = load_keras_model(mini_run.best_model)
+    keras_model = load_keras_model(tiny_run.best_model)
     logits = np.asarray(keras_model(real_photos, training=False), dtype=np.float64)
     expected = np.exp(logits - logits.max(axis=1, keepdims=True))
     expected /= expected.sum(axis=1, keepdims=True)
@@ -79,11 +79,11 @@ def test_savedmodel_probabilities_match_keras_logits_on_real_photos(mini_run, lo
 
 
 @pytest.mark.slow
-def test_warmup_record_parses_and_runs(mini_export, loaded):
+def test_warmup_record_parses_and_runs(tiny_export, loaded):
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    records = list(tf.data.TFRecordDataset(str(mini_export / "1" / WARMUP_FILE)))
+    records = list(tf.data.TFRecordDataset(str(tiny_export / "1" / WARMUP_FILE)))
     assert len(records) == 1
     log = prediction_log_pb2.PredictionLog.FromString(records[0].numpy())
     request = log.predict_log.request
@@ -95,16 +95,16 @@ def test_warmup_record_parses_and_runs(mini_export, loaded):
 
 
 @pytest.mark.slow
-def test_versions_increment_and_never_overwrite(mini_run, tmp_path, capsys):
+def test_versions_increment_and_never_overwrite(tiny_run, tmp_path, capsys):
 
     base = tmp_path / "models"
-    model = load_keras_model(mini_run.best_model)
+    model = load_keras_model(tiny_run.best_model)
     assert next_version(base) == 1
     export_saved_model(model, base)
     export_saved_model(model, base)
     assert versions(base) == [1, 2] and next_version(base) == 3
     assert (
-        main(["export", "--model", str(mini_run.best_model), "--out", str(base), "--version", "2"])
+        main(["export", "--model", str(tiny_run.best_model), "--out", str(base), "--version", "2"])
         == 2
     )
     assert "already exists" in capsys.readouterr().err
@@ -114,8 +114,8 @@ def test_versions_increment_and_never_overwrite(mini_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_inspect_shows_versions_and_signature(mini_export, capsys):
-    assert main(["inspect", str(mini_export)]) == 0
+def test_inspect_shows_versions_and_signature(tiny_export, capsys):
+    assert main(["inspect", str(tiny_export)]) == 0
     text = capsys.readouterr().out
     assert "version 1:" in text and "signature_def['serving_default']" in text
     assert f"image: DT_UINT8 shape (-1, {SIZE}, {SIZE}, 3)" in text
@@ -123,7 +123,7 @@ def test_inspect_shows_versions_and_signature(mini_export, capsys):
         "probabilities: DT_FLOAT shape (-1, 6)" in text
         and "classes: DT_STRING shape (-1, 6)" in text
     )
-    assert main(["inspect", str(mini_export), "--json"]) == 0
+    assert main(["inspect", str(tiny_export), "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert [v["version"] for v in found] == ["1"] and found[0]["warmup"] is True
 

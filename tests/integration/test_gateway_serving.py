@@ -30,8 +30,8 @@ GRPC_TIMEOUT = 20
 
 
 @pytest.fixture(scope="module")
-def photos(mini_data) -> list[Path]:
-    return sorted((mini_data / "images").glob("*.jpg"))
+def photos(sample_photos) -> list[Path]:
+    return sample_photos
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,8 @@ def test_several_files_are_a_batch_in_input_order(stack, photos):
         assert one["probabilities"] == pytest.approx(single["probabilities"], rel=1e-5, abs=1e-7)
 
 
-def test_every_mini_data_photo_gets_six_probabilities(stack, photos):
+def test_every_mini_data_photo_gets_six_probabilities(stack, mini_data):
+    photos = sorted((mini_data / "images").glob("*.jpg"))
     batches = [photos[i : i + 32] for i in range(0, len(photos), 32)]
 
     def classify(batch):

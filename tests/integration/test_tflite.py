@@ -18,10 +18,10 @@ SIZE = 71
 
 
 @pytest.fixture(scope="module")
-def tflite_export(mini_run, tmp_path_factory):
+def tflite_export(tiny_run, tmp_path_factory):
     """The model trained on real photos, exported through the CLI with --format tflite."""
     base = tmp_path_factory.mktemp("export-tflite") / "kitchenware"
-    command = ["export", "--model", str(mini_run.best_model), "--out", str(base)]
+    command = ["export", "--model", str(tiny_run.best_model), "--out", str(base)]
     assert main([*command, "--format", "tflite"]) == 0
     return base
 
@@ -88,10 +88,10 @@ def test_tflite_probabilities_match_the_savedmodel_on_real_photos(tflite_export,
 
 
 @pytest.mark.slow
-def test_taken_tflite_version_fails_before_any_write(mini_run, tflite_export, capsys):
+def test_taken_tflite_version_fails_before_any_write(tiny_run, tflite_export, capsys):
     (tflite_base(tflite_export) / "2").mkdir()
     try:
-        command = ["export", "--model", str(mini_run.best_model), "--out", str(tflite_export)]
+        command = ["export", "--model", str(tiny_run.best_model), "--out", str(tflite_export)]
         assert main([*command, "--version", "2", "--format", "tflite"]) == 2
         assert "kitchenware-tflite/2 already exists" in capsys.readouterr().err
         assert versions(tflite_export) == [1]

@@ -61,21 +61,6 @@ def disc_prep(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sample_kaggle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sample") / "kaggle"
-    args = ["sample-data", str(out), "--per-class", "12", "--test-per-class", "3", "--size", "96"]
-    assert main(args) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def sample_prep(sample_kaggle, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sample-prep") / "prep"
-    assert main(["prep", "--data", str(sample_kaggle), "--out", str(out), "--no-progress"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
 def disc_run(disc_prep, tmp_path_factory):
     """Xception from scratch, 5 epochs on the disc set (through the CLI, as a user runs it)."""
     runs = tmp_path_factory.mktemp("disc-runs")
@@ -188,21 +173,21 @@ def test_best_checkpoint_is_the_best_epoch(disc_run, disc_prep):
 
 
 @pytest.mark.slow
-def test_validation_is_never_augmented(mini_run, mini_prep):
+def test_validation_is_never_augmented(tiny_run, sample_prep):
     """fit's reported val loss equals the loss of the model WITHOUT its augmentation layers
     on pixels straight from load_image; the same model in training mode (augmenting) differs."""
     import keras
 
     from kitchenware.training.model import inference_model
 
-    model = mini_run.model
+    model = tiny_run.model
     assert "augmentation" in [layer.name for layer in model.layers]
-    val = list_split(mini_prep, "val", require_all_classes=False)
+    val = list_split(sample_prep, "val", require_all_classes=False)
     pixels, labels = load_pixels(val, SIZE), np.asarray(val.labels)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     clean_logits = inference_model(model)(pixels, training=False)
     assert float(loss(labels, clean_logits)) == pytest.approx(
-        mini_run.history["val_loss"][-1], rel=1e-3
+        tiny_run.history["val_loss"][-1], rel=1e-3
     )
     augmented = np.asarray(model.get_layer("augmentation")(pixels.astype("float32"), training=True))
     assert np.abs(augmented - pixels).mean() > 1.0  # augmentation is real when training
@@ -540,14 +525,14 @@ def test_submit_follows_sample_submission(disc_run, sample_kaggle, tmp_path):
 
 
 @pytest.mark.slow
-def test_submit_on_real_photos_keeps_leading_zeros(mini_run, mini_data, tmp_path):
+def test_submit_on_real_photos_keeps_leading_zeros(tiny_run, mini_data, tmp_path):
     out = tmp_path / "submission.csv"
     assert (
         main(
             [
                 "submit",
                 "--model",
-                str(mini_run.best_model),
+                str(tiny_run.best_model),
                 "--data",
                 str(mini_data),
                 "--out",
