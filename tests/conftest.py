@@ -36,7 +36,7 @@ def exported_model(tmp_path_factory) -> Path:
     return base
 
 
-# --- training fixtures (issue 3): real prep output and one real trained model, shared ---
+# --- training fixtures: real prep output and one real trained model, shared (training is slow) ---
 
 
 @pytest.fixture(scope="session")

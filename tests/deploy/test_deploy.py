@@ -1,4 +1,4 @@
-"""Offline checks of every deployment artefact (issue 5): no Docker engine or cluster needed.
+"""Offline checks of every deployment artefact: no Docker engine or cluster needed.
 
 - Kubernetes: each manifest and each kustomize overlay's rendered output
   against the Kubernetes 1.32 OpenAPI schemas (kubernetes-validate, strict:
