@@ -1,11 +1,10 @@
-"""Drawing primitives for synthetic kitchenware "photos" (Pillow shapes, not photos).
+"""Drawing primitives for synthetic kitchenware "photos": Pillow shapes, not photos.
 
-Each class has a distinct silhouette a tiny CNN can learn: a cup is a body with
-a handle, a glass a tall see-through trapezoid (sometimes on a stem), a plate an
-ellipse with a rim, a spoon a handle with an oval bowl, a fork a handle with
-tines, a knife a handle with a tapered blade. Proportions, colours, position,
-scale, rotation, background, lighting and noise are drawn from the caller's
-random generator, so one seed gives one picture. `synthetic` builds the data set.
+One function per class draws its silhouette (the shapes `synthetic` describes);
+`draw_photo` puts it on a table-like background with a shadow, lighting, noise
+and sometimes blur, and `encode_photo` stores it as a camera would (JPEG, at
+times with an EXIF rotation). Everything random comes from the caller's
+generator, so one seed gives one picture. `synthetic` builds the data set.
 """
 
 from __future__ import annotations

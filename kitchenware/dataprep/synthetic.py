@@ -1,9 +1,12 @@
 """Draw a small synthetic data set of the six classes in the Kaggle layout.
 
-The drawings are SYNTHETIC (Pillow shapes, not photos: see `drawing`). They
-exist so the whole pipeline (prep, training, export, serving) runs and is
-tested with no download. Proportions, colours, position, scale, rotation,
-background, lighting and noise vary per image.
+The drawings are SYNTHETIC (Pillow shapes, not photos). They exist so the
+whole pipeline (prep, training, export, serving) runs and is tested with no
+download. Each class has a distinct silhouette a tiny CNN can learn: a cup is a
+body with a handle, a glass a tall see-through trapezoid (sometimes on a stem),
+a plate an ellipse with a rim, a spoon a handle with an oval bowl, a fork a
+handle with tines, a knife a handle with a tapered blade. Proportions, colours,
+position, scale, rotation, background, lighting and noise vary per image.
 
 A few exact duplicates (byte copies) and near duplicates (re-encoded at another
 JPEG quality and slightly resized) are planted on purpose, inside train and

@@ -7,7 +7,6 @@ the standard grpc.health.v1 service (SERVING only while a version is loaded),
 TF Serving's status codes, file-system polling for new versions, dynamic
 batching configured like TF Serving's, and a graceful stop on SIGTERM.
 TF Serving's own flag spellings (--model_base_path, --enable_batching, ...) work too.
-(This module: the flags and the start-up order; the servicers are in `services`.)
 """
 
 from __future__ import annotations
@@ -25,6 +24,8 @@ from kitchenware.core.contract import GRPC_PORT, MAX_MESSAGE_BYTES, MODEL_NAME
 from kitchenware.core.errors import KitchenwareError
 from kitchenware.model_server import rest as model_server_rest
 
+# This module holds the flags and the start-up order; the servicers are in `services`,
+# the stats file in `stats`. The logger keeps the name operators already filter on.
 log = logging.getLogger("kitchenware.model_server.server")
 
 
