@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "export": ("kitchenware.export.cli", "write a TF Serving SavedModel version"),
     "inspect": ("kitchenware.export.inspection", "show versions and signatures of exported models"),
-    "model-server": ("kitchenware.model_server.server", "TF-Serving-compatible gRPC model server"),
+    "model-server": ("kitchenware.model_server.cli", "TF-Serving-compatible gRPC model server"),
     "gateway": ("kitchenware.gateway", "HTTP gateway (development server)"),
     "classify": (
         "kitchenware.serving.gateway_client",

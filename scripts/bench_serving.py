@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from benchlib import cpu_model  # noqa: E402
 from serve import free_port  # noqa: E402
 
-from kitchenware.model_server.server import read_stats  # noqa: E402
+from kitchenware.model_server.stats import read_stats  # noqa: E402
 
 
 def offline_throughput(model_dir: Path, size: int, batch: int, repeats: int) -> float:

@@ -45,7 +45,7 @@ from benchlib import machine  # noqa: E402
 from load import Load, Outcome, export_fresh_model, free_ports, load_photos  # noqa: E402
 from support.gateway_stack import Gateway, ModelServer, PhotoServer, wait_for  # noqa: E402
 
-from kitchenware.model_server.server import read_stats  # noqa: E402
+from kitchenware.model_server.stats import read_stats  # noqa: E402
 
 READY_TIMEOUT_S = 180.0
 # A client that gets an error waits this long before its next request (as real clients

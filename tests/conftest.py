@@ -40,7 +40,7 @@ def exported_model(tmp_path_factory) -> Path:
     return base
 
 
-# --- drawn sample data and one tiny trained model, shared ---
+# --- drawn sample data and one tiny trained model, shared (training is slow) ---
 
 
 @pytest.fixture(scope="session")

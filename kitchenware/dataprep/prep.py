@@ -29,16 +29,15 @@ import signal
 import sys
 import tempfile
 import threading
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from kitchenware.core.errors import KitchenwareError
 from kitchenware.core.labels import CLASSES
-from kitchenware.dataprep.dedupe import HASH_BITS, Fingerprint, fingerprint_files, group_duplicates
-from kitchenware.dataprep.kaggle_layout import Entry, read_layout
-from kitchenware.dataprep.splitting import stratified_group_split
+from kitchenware.dataprep.dedupe import HASH_BITS, fingerprint_files
+from kitchenware.dataprep.kaggle_layout import read_layout
+from kitchenware.dataprep.plan import Plan, plan_output
 
 DEFAULT_NEAR_DUP_DISTANCE = 24
 MANIFEST_COLUMNS = ("Id", "label", "split", "sha256", "group", "note")
@@ -67,164 +66,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--copy", action="store_true", help="copy files instead of hard links")
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-# --------------------------------------------------------------------------- analysis
-
-
-@dataclass
-class Plan:
-    """Where every entry goes, and why; pure data, nothing written yet."""
-
-    rows: list[dict[str, str]]  # manifest rows, sorted by Id
-    files: list[tuple[Path, str]]  # (source file, path relative to OUT)
-    report: dict = field(default_factory=dict)
-
-
-def _group_members(roots: list[int]) -> dict[int, list[int]]:
-    """root -> indices of the items in its group."""
-    members: dict[int, list[int]] = defaultdict(list)
-    for i, root in enumerate(roots):
-        members[root].append(i)
-    return members
-
-
-def plan_output(
-    entries: list[Entry],
-    prints: dict[str, Fingerprint],
-    near_dup_distance: int,
-    val_frac: float,
-    seed: int,
-) -> Plan:
-    """Decide train/val/test/excluded for every entry. `prints` maps Id to the
-    fingerprint of its file (hashed entries only)."""
-    status: dict[tuple[str, str], tuple[str, str]] = {}  # (source, Id) -> (split, note)
-    bad_files, missing = [], []
-    for e in entries:
-        fp = prints.get(e.id) if not e.problem else None
-        if e.problem:
-            status[(e.source, e.id)] = ("excluded", e.problem)
-            target = missing if e.problem.startswith("no file") else None
-            if target is not None:
-                target.append({"Id": e.id, "csv": f"{e.source}.csv", "problem": e.problem})
-        elif fp is None or fp.error:
-            reason = fp.error if fp else "not hashed"
-            status[(e.source, e.id)] = ("excluded", f"bad file: {reason}")
-            bad_files.append(
-                {"Id": e.id, "csv": f"{e.source}.csv", "file": e.path.name, "problem": reason}
-            )
-
-    valid = [e for e in entries if (e.source, e.id) not in status]
-    shas = [prints[e.id].sha256 for e in valid]
-    roots, near_links = group_duplicates(
-        shas, [prints[e.id].phash for e in valid], near_dup_distance
-    )
-    groups = _group_members(roots)
-    group_of: dict[tuple[str, str], str] = {}
-    report_groups, conflicts, leaks, removed = [], [], [], []
-    split_input: dict[str, tuple[str, str]] = {}
-    exact_copies = sum(n - 1 for n in Counter(shas).values())
-
-    for members in groups.values():
-        name = min(valid[i].id for i in members)
-        for i in members:
-            group_of[(valid[i].source, valid[i].id)] = name
-        train = [valid[i] for i in members if valid[i].source == "train"]
-        test = [valid[i] for i in members if valid[i].source == "test"]
-        if len(members) > 1:
-            report_groups.append(
-                {
-                    "group": name,
-                    "members": [
-                        {
-                            "Id": valid[i].id,
-                            "csv": f"{valid[i].source}.csv",
-                            "label": valid[i].label,
-                            "sha256": shas[i],
-                        }
-                        for i in sorted(members, key=lambda k: valid[k].id)
-                    ],
-                }
-            )
-        labels = sorted({e.label for e in train})
-        if len(labels) > 1:
-            conflicts.append({"group": name, "members": {e.id: e.label for e in train}})
-            for e in train:
-                status[(e.source, e.id)] = ("excluded", f"label conflict in group {name}")
-        elif train:
-            # Keep the largest file (the least re-compressed copy), ties by Id.
-            kept = min(train, key=lambda e: (-prints[e.id].size_bytes, e.id))
-            split_input[kept.id] = (kept.label, name)
-            for e in train:
-                if e is not kept:
-                    same = prints[e.id].sha256 == prints[kept.id].sha256
-                    kind = "exact" if same else "near"
-                    status[(e.source, e.id)] = ("excluded", f"{kind} duplicate of {kept.id}")
-                    removed.append({"Id": e.id, "kept": kept.id, "match": kind})
-        for t in test:
-            status[(t.source, t.id)] = ("test", "")
-            if train:
-                exact = any(prints[e.id].sha256 == prints[t.id].sha256 for e in train)
-                leaks.append(
-                    {
-                        "test_id": t.id,
-                        "train_ids": sorted(e.id for e in train),
-                        "train_labels": labels,
-                        "match": "exact" if exact else "near",
-                    }
-                )
-
-    for item_id, side in stratified_group_split(split_input, val_frac, seed).items():
-        status[("train", item_id)] = (side, "")
-
-    rows, files = [], []
-    for e in sorted(entries, key=lambda e: (e.id, e.source)):
-        split, note = status[(e.source, e.id)]
-        fp = None if e.problem else prints.get(e.id)
-        rows.append(
-            {
-                "Id": e.id,
-                "label": e.label,
-                "split": split,
-                "sha256": (fp.sha256 or "") if fp else "",
-                "group": group_of.get((e.source, e.id), ""),
-                "note": note,
-            }
-        )
-        if split in ("train", "val"):
-            files.append((e.path, f"{split}/{e.label}/{e.id}{e.path.suffix.lower()}"))
-        elif split == "test":
-            files.append((e.path, f"test/{e.id}{e.path.suffix.lower()}"))
-
-    counts = {s: Counter(r["label"] for r in rows if r["split"] == s) for s in ("train", "val")}
-    in_groups = sum(len(g["members"]) for g in report_groups)
-    report = {
-        "counts": {
-            "train": {c: counts["train"][c] for c in CLASSES},
-            "val": {c: counts["val"][c] for c in CLASSES},
-            "test": sum(r["split"] == "test" for r in rows),
-            "excluded": sum(r["split"] == "excluded" for r in rows),
-            "listed": {
-                "train.csv": sum(e.source == "train" for e in entries),
-                "test.csv": sum(e.source == "test" for e in entries),
-            },
-        },
-        "duplicates": {
-            "groups": len(report_groups),
-            "images_in_groups": in_groups,
-            "exact_copies": exact_copies,
-            "near_copies": in_groups - len(report_groups) - exact_copies,
-            "near_links": len(near_links),
-            "train_removed": len(removed),
-        },
-        "conflicts": conflicts,
-        "leaks": leaks,
-        "bad_files": bad_files,
-        "missing_files": missing,
-        "removed_duplicates": removed,
-        "groups": sorted(report_groups, key=lambda g: g["group"]),
-    }
-    return Plan(rows, files, report)
 
 
 # --------------------------------------------------------------------------- output

@@ -1,6 +1,6 @@
 """Stratified, seeded, group-aware train/validation split with exact counts.
 
-The original project's split lost images to rounding. Here the validation
+Rounding each class's share on its own loses images. Here the validation
 size of every class is fixed first by the largest-remainder method, so the
 per-class counts add up exactly, every class is within one image of
 `val_frac * n`, and no image is lost. Groups (duplicates) move as a whole.

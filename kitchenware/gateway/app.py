@@ -92,15 +92,17 @@ class Gateway:
     # -- model server calls, with its errors mapped to HTTP ones ---------------
 
     def call_model(self, what, *args, **kwargs):
-        from kitchenware.serving.grpc_client import ModelServerError
-        from kitchenware.serving.grpc_client import ModelTimeout as ClientTimeout
-        from kitchenware.serving.grpc_client import ModelUnavailable as ClientUnavailable
+        from kitchenware.serving.grpc_client import (
+            ModelServerError,
+            ModelServerTimeout,
+            ModelServerUnavailable,
+        )
 
         try:
             return what(*args, **kwargs)
-        except ClientUnavailable as exc:
+        except ModelServerUnavailable as exc:
             raise errors.ModelUnavailable(f"model server unavailable: {exc}") from None
-        except ClientTimeout as exc:
+        except ModelServerTimeout as exc:
             raise errors.ModelTimeout(
                 f"model server did not answer within {self.settings.grpc_timeout:g} s: {exc}"
             ) from None

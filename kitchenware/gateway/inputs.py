@@ -2,7 +2,7 @@
 
 Accepted forms (one image answers one prediction, a list answers a batch):
 
-- JSON `{"url": "..."}` (the original project's API) or `{"urls": [...]}`
+- JSON `{"url": "..."}` (what existing clients and `test.py` send) or `{"urls": [...]}`
 - JSON `{"image": "<base64>"}` or `{"images": [...]}` (a `data:` URL prefix is fine)
 - multipart/form-data with one or more `file` fields
 - a raw body with an `image/*` or `application/octet-stream` content type

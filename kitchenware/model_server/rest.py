@@ -147,7 +147,7 @@ def _jsonable(array: np.ndarray):
 
 def predict(manager, model_name: str, name: str, version: int | None, body) -> dict:
     """Run a :predict body through the served version, answered in the format it came in."""
-    from kitchenware.model_server.batching import BatcherClosed, QueueFull
+    from kitchenware.model_server.batcher import BatcherClosed, QueueFull
 
     if name != model_name:
         raise RestError(HTTPStatus.NOT_FOUND, f"Servable not found for request: Latest({name})")

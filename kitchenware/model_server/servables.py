@@ -12,16 +12,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from kitchenware.core.contract import SIGNATURE, WARMUP_FILE, versions
-from kitchenware.model_server.batching import Batcher, BatchingConfig, BatchStats
+from kitchenware.model_server.batcher import Batcher, BatchStats
+from kitchenware.model_server.batching_config import BatchingConfig
 from kitchenware.serving import proto
 
-log = logging.getLogger("kitchenware.model_server.server")
+log = logging.getLogger("kitchenware.model_server")
 
 
 class LoadError(Exception):
@@ -185,8 +187,9 @@ class VersionManager:
         num_versions: int = 1,
         batching: BatchingConfig | None = None,
         stats: BatchStats | None = None,
-        on_change=None,
+        on_change: Callable[[VersionManager], None] | None = None,
     ):
+        """`on_change(manager)` runs after a load failure or a change of the served versions."""
         self.base_path = Path(base_path)
         self.model_name = model_name
         self.num_versions = max(1, int(num_versions))
@@ -281,7 +284,7 @@ class VersionManager:
                     reason,
                 )
                 if self._on_change:
-                    self._on_change()  # status reports now carry the reason
+                    self._on_change(self)  # status reports now carry the reason
                 continue
             with self._lock:
                 self._failures.pop(version, None)
@@ -300,7 +303,7 @@ class VersionManager:
             self._retired = [m for v, m in current.items() if v not in new]
         log.info("serving %s versions %s", self.model_name, sorted(new))
         if self._on_change:
-            self._on_change()
+            self._on_change(self)
         return True
 
     def start(self, poll_seconds: float) -> None:

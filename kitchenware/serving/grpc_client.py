@@ -56,11 +56,11 @@ class ModelServerError(KitchenwareError):
         self.message = message
 
 
-class ModelUnavailable(ModelServerError):
+class ModelServerUnavailable(ModelServerError):
     """The model server cannot be reached, or has no model loaded (gateway: 503)."""
 
 
-class ModelTimeout(ModelServerError):
+class ModelServerTimeout(ModelServerError):
     """The call's deadline passed (gateway: 504)."""
 
 
@@ -77,12 +77,12 @@ def _error_from_rpc(
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and disconnected:
         # The deadline ran out while gRPC was still retrying a connection that
         # kept failing: the server is unreachable, not slow.
-        return ModelUnavailable(f"{message} (cannot connect to the model server)", code)
+        return ModelServerUnavailable(f"{message} (cannot connect to the model server)", code)
     if code == grpc.StatusCode.UNAVAILABLE or (code == grpc.StatusCode.NOT_FOUND and latest):
         # Official TF Serving answers NOT_FOUND for Latest(model) until a version is loaded.
-        return ModelUnavailable(message, code)
+        return ModelServerUnavailable(message, code)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return ModelTimeout(message, code)
+        return ModelServerTimeout(message, code)
     return ModelServerError(message, code)
 
 

@@ -135,7 +135,7 @@ def test_compose_memory_limits_cover_the_measured_peaks():
 
 def test_batching_file_is_accepted_by_the_model_server():
     from kitchenware.cli import main
-    from kitchenware.model_server.batching import load_batching_parameters
+    from kitchenware.model_server.batching_config import load_batching_parameters
 
     config = load_batching_parameters(BATCHING_FILE)
     fields = batching_text_fields(BATCHING_FILE.read_text())
@@ -153,7 +153,7 @@ def test_batching_file_is_accepted_by_the_model_server():
 
 def test_model_server_rejects_a_broken_batching_file(tmp_path):
     from kitchenware.core.errors import KitchenwareError
-    from kitchenware.model_server.batching import load_batching_parameters
+    from kitchenware.model_server.batching_config import load_batching_parameters
 
     broken = tmp_path / "batching.txt"
     broken.write_text(BATCHING_FILE.read_text().replace("max_batch_size", "max_batchsize"))

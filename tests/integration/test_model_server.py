@@ -25,8 +25,8 @@ from tensorflow_serving.apis import (
 from kitchenware.serving import proto
 from kitchenware.serving.grpc_client import (
     ModelServerError,
-    ModelTimeout,
-    ModelUnavailable,
+    ModelServerTimeout,
+    ModelServerUnavailable,
     ServingClient,
 )
 
@@ -214,13 +214,13 @@ def test_client_maps_server_errors(server):
     with ServingClient(server.target, model_name="teapot", timeout=30) as client:
         ok, reason = client.check_ready()
         assert not ok and "teapot" in reason
-        with pytest.raises(ModelUnavailable) as info:  # NOT_FOUND for Latest(model)
+        with pytest.raises(ModelServerUnavailable) as info:  # NOT_FOUND for Latest(model)
             client.metadata()
         assert info.value.code == grpc.StatusCode.NOT_FOUND
     with ServingClient(server.target, timeout=30) as client:
         with pytest.raises(ModelServerError) as info:
             client.predict(images(1), version=99)
-        assert not isinstance(info.value, ModelUnavailable)
+        assert not isinstance(info.value, ModelServerUnavailable)
         assert info.value.code == grpc.StatusCode.NOT_FOUND
 
 
@@ -291,7 +291,7 @@ def test_no_version_then_first_version_arrives(exported_model, tmp_path):
         with ServingClient(server.target, timeout=5) as client:
             ready, reason = client.check_ready()
             assert not ready and "no version" in reason
-            with pytest.raises(ModelUnavailable):
+            with pytest.raises(ModelServerUnavailable):
                 client.predict(images(1))
 
             copy_version(exported_model / "1", empty, 1)
@@ -300,7 +300,7 @@ def test_no_version_then_first_version_arrives(exported_model, tmp_path):
             assert client.predict(images(1)).version == 1
 
             # Deadline shorter than the batch timeout: the client gives up in time.
-            with pytest.raises(ModelTimeout):
+            with pytest.raises(ModelServerTimeout):
                 client.predict(images(1), timeout=0.3)
 
             # SIGTERM while requests wait in the batch queue: they still get answers.
@@ -334,7 +334,7 @@ def test_client_survives_a_server_restart(exported_model, tmp_path):
         assert client.predict(images(1)).version == 1
         server.kill()
         started = time.monotonic()
-        with pytest.raises(ModelUnavailable):
+        with pytest.raises(ModelServerUnavailable):
             client.predict(images(1))
         assert time.monotonic() - started < 3 + 2  # within the deadline (plus slack)
         assert not client.check_ready()[0]

@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kitchenware.model_server.server import read_stats
+from kitchenware.model_server.stats import read_stats
 from support.paths import REPO, free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -1,4 +1,4 @@
-"""Dynamic batching (kitchenware.model_server.batching) and TF Serving's batching parameters file."""
+"""Dynamic batching (kitchenware.model_server.batcher) and TF Serving's batching parameters file."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 
 from kitchenware.core.errors import KitchenwareError
-from kitchenware.model_server.batching import (
+from kitchenware.model_server.batcher import (
     Batcher,
     BatcherClosed,
-    BatchingConfig,
     BatchStats,
     QueueFull,
     TaskTooLarge,
+)
+from kitchenware.model_server.batching_config import (
+    BatchingConfig,
     load_batching_parameters,
     parse_batching_parameters,
 )

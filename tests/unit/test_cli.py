@@ -31,7 +31,7 @@ def test_console_script_runs():
     [("dataprep.py", "prep"), ("train.py", "train"), ("convert.py", "export")],
 )
 def test_seed_scripts_take_the_same_flags_as_their_command(script, command):
-    """The original project's entry points stay, as thin files over the subcommands."""
+    """Users run `python dataprep.py` etc.: those files stay, as thin files over the subcommands."""
     repo = Path(__file__).resolve().parents[2]
 
     def help_text(*argv):

@@ -23,8 +23,8 @@ from kitchenware.serving.grpc_client import (
     ModelContractError,
     ModelMetadata,
     ModelServerError,
-    ModelTimeout,
-    ModelUnavailable,
+    ModelServerTimeout,
+    ModelServerUnavailable,
     Prediction,
 )
 
@@ -185,8 +185,8 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header(model, monkeyp
 @pytest.mark.parametrize(
     ("error", "status", "code"),
     [
-        (ModelUnavailable("connection refused"), 503, "model_unavailable"),
-        (ModelTimeout("deadline exceeded"), 504, "model_timeout"),
+        (ModelServerUnavailable("connection refused"), 503, "model_unavailable"),
+        (ModelServerTimeout("deadline exceeded"), 504, "model_timeout"),
         (ModelServerError("INVALID_ARGUMENT: bad"), 502, "model_server_error"),
         (ModelContractError("no probabilities output"), 502, "model_server_error"),
     ],
@@ -214,7 +214,7 @@ def test_a_failed_predict_refreshes_the_metadata_and_retries_at_the_new_size(cli
 def test_readyz_follows_the_model_and_healthz_does_not(client, model):
     assert client.get("/readyz").status_code == 200
     assert "version 3" in client.get("/readyz").get_json()["reason"]
-    model.error = ModelUnavailable("no route")
+    model.error = ModelServerUnavailable("no route")
     not_ready = client.get("/readyz")
     assert not_ready.status_code == 503
     assert not_ready.get_json()["error"] == {"code": "model_unavailable", "message": "no route"}

@@ -135,7 +135,7 @@ def test_unknown_rank_and_unsupported_input():
 
 
 def test_seed_proto_module_keeps_its_name():
-    import proto as seed_proto  # the original project's top-level module
+    import proto as seed_proto  # the top-level module existing clients import
 
     pixels = np.arange(12, dtype=np.uint8).reshape(1, 2, 2, 3)
     message = seed_proto.np_to_protobuf(pixels)
