@@ -1,1 +1,1 @@
-
+"""Shared by every tier, with no TensorFlow: errors, class names, image decoding, the contract."""

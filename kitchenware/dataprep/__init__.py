@@ -1,1 +1,1 @@
-
+"""Kaggle data in, deduplicated train/val/test folders out (`kitchenware prep`, `sample-data`)."""

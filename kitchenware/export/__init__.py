@@ -1,1 +1,1 @@
-
+"""A trained Keras model as TF Serving versions: SavedModel (+ warm-up) and TFLite."""

@@ -1,1 +1,1 @@
-
+"""Clients of the serving stack, TensorFlow-free: TensorProto conversion, gRPC, HTTP."""

@@ -1,1 +1,1 @@
-
+"""Transfer learning on prep output: input pipeline, model, train, tune, evaluate, submit."""
