@@ -6,6 +6,14 @@ EXIF orientation applied, any mode converted to RGB, transparency flattened
 onto white, and (when `size` is given) a square resize with bilinear filtering.
 The pixel count is checked from the header before any pixel is decoded, which
 stops decompression bombs cheaply.
+
+A file of a few bytes can still declare a canvas of 40 megapixels (a GIF
+screen, a WebP animation canvas, a palette PNG), so two more rules bound what
+decoding takes: the memory a decode will need is estimated from the header and
+refused past `max_decode_bytes`, and after decoding nothing full-size is copied
+again: conversion to RGB runs a strip of rows at a time, and with `size` each
+strip is box-reduced by the integer factor that keeps at least `size` pixels
+(what JPEG's draft mode does inside the decoder).
 """
 
 from __future__ import annotations
@@ -24,6 +32,17 @@ from kitchenware.core.errors import ImageError, ImageTooLarge
 # 40 megapixels: above any phone camera, far below what would exhaust memory.
 DEFAULT_MAX_PIXELS = 40_000_000
 RESAMPLE = Image.Resampling.BILINEAR
+# Rows converted to RGB at a time: a few MB per strip even 6,000 pixels wide.
+STRIP_ROWS = 256
+# Greyscale modes wider than 8 bits: scaled by their real range, not clipped.
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# Bytes per pixel of a decoded frame in Pillow; every mode not listed takes 4.
+_FRAME_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+# What a decoder holds beside the frame, per pixel (measured peaks, scripts in
+# docu/RELIABILITY.md): libwebp decodes into buffers of its own, still or animated
+# (~16 bytes a pixel in all); PNG/GIF/TIFF/BMP keep row and zlib buffers.
+_DECODER_BYTES = {"JPEG": 0.0, "WEBP": 12.0}
+_OTHER_DECODER_BYTES = 1.5
 
 ImageSource = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
 
@@ -57,14 +76,17 @@ def _open(source: ImageSource) -> Image.Image:
         raise ImageError(f"cannot read image: {exc}") from exc
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB; transparency composited onto white."""
+def _to_rgb(img: Image.Image, extrema: tuple[float, float] | None = None) -> Image.Image:
+    """Any Pillow mode -> RGB; transparency composited onto white.
+
+    `extrema` is the value range of a wide greyscale image when `img` is only
+    a strip of it (the scaling must not depend on which strip it is).
+    """
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # 16/32-bit greyscale: scale the real range to 0..255 instead of clipping.
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
+    if img.mode in WIDE_MODES:
+        lo, hi = extrema if extrema is not None else img.getextrema()
+        arr = np.asarray(img, dtype=np.float32)
         arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
         return Image.fromarray(arr.round().astype(np.uint8), "L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
@@ -74,6 +96,55 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def reduction_factor(width: int, height: int, size: int | None) -> int:
+    """The largest integer factor that keeps the short side at least `size` (1 without one)."""
+    return max(1, min(width, height) // size) if size else 1
+
+
+def _rgb_reduced(img: Image.Image, factor: int) -> Image.Image:
+    """`_to_rgb(img).reduce(factor)`, without the full-size intermediate copies.
+
+    Both steps are local (per pixel, per factor x factor block), so strips whose
+    height is a multiple of `factor` give exactly the same pixels as the whole
+    image, with memory bounded by one strip beside the decoded frame.
+    """
+    if factor == 1 and img.mode == "RGB":
+        return img
+    width, height = img.size
+    extrema = img.getextrema() if img.mode in WIDE_MODES else None
+    rows = max(factor, STRIP_ROWS // factor * factor)
+    out = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+    for top in range(0, height, rows):
+        strip = _to_rgb(img.crop((0, top, width, min(height, top + rows))), extrema)
+        out.paste(strip.reduce(factor) if factor > 1 else strip, (0, top // factor))
+    return out
+
+
+def decode_bytes(img: Image.Image, size: int | None = None) -> int:
+    """Memory `load_image` will need for an opened (not yet loaded) image, from its header.
+
+    The decoded frame, a second one when EXIF asks for a rotation, and the RGB
+    result (full size without `size`, plus the array returned).
+    """
+    width, height = img.size
+    pixels = width * height
+    frame = pixels * _FRAME_BYTES.get(img.mode, 4)
+    decoder = pixels * _DECODER_BYTES.get(img.format, _OTHER_DECODER_BYTES)
+    if img.getexif().get(0x0112, 1) != 1:
+        frame *= 2  # the transposed copy
+    factor = reduction_factor(width, height, size)
+    result = -(-width // factor) * -(-height // factor) * (4 + 3)
+    return int(frame + decoder + result)
+
+
+def decode_estimate(source: ImageSource, size: int | None = None) -> int:
+    """What `load_image(source, size)` will need, in bytes, read from the header only."""
+    with _open(source) as img:
+        if size is not None and img.format == "JPEG":
+            img.draft("RGB", (size, size))
+        return decode_bytes(img, size)
 
 
 def image_size(source: ImageSource) -> tuple[int, int]:
@@ -86,14 +157,17 @@ def load_image(
     source: ImageSource,
     size: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decode_bytes: int | None = None,
 ) -> np.ndarray:
     """Decode `source` into an (H, W, 3) uint8 RGB array.
 
     With `size`, the result is (size, size, 3): JPEGs are first decoded at the
     smallest power-of-two reduction that is still at least `size` on both
     sides (draft mode, several times faster for large photos), then resized.
-    Raises ImageTooLarge when the header declares more than `max_pixels`
-    pixels, ImageError for anything that is not a decodable image.
+    Other formats are box-reduced by the integer factor that still keeps `size`
+    (see the module's docstring), then resized. Raises ImageTooLarge when the
+    header declares more than `max_pixels` pixels or a decode that would take
+    more than `max_decode_bytes`, ImageError for anything not a decodable image.
     """
     img = _open(source)
     try:
@@ -107,14 +181,20 @@ def load_image(
             )
         if size is not None and img.format == "JPEG":
             img.draft("RGB", (size, size))
+        needed = decode_bytes(img, size)
+        if max_decode_bytes is not None and needed > max_decode_bytes:
+            raise ImageTooLarge(
+                f"decoding this {width}x{height} {img.format} ({img.mode}) would take "
+                f"~{needed / 2**20:,.0f} MiB; the limit is {max_decode_bytes / 2**20:,.0f} MiB"
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 img.load()
-                img = ImageOps.exif_transpose(img)
+                ImageOps.exif_transpose(img, in_place=True)
             except (OSError, ValueError, SyntaxError, EOFError) as exc:
                 raise ImageError(f"cannot decode image: {exc}") from exc
-        img = _to_rgb(img)
+        img = _rgb_reduced(img, reduction_factor(*img.size, size))
         if size is not None and img.size != (size, size):
             img = img.resize((size, size), RESAMPLE)
         return np.asarray(img, dtype=np.uint8).copy()

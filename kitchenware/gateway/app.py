@@ -19,8 +19,9 @@ from werkzeug.exceptions import HTTPException
 
 from kitchenware.core.contract import DEFAULT_IMAGE_SIZE
 from kitchenware.core.errors import ImageError, ImageTooLarge, KitchenwareError
-from kitchenware.core.images import image_size, load_image
+from kitchenware.core.images import decode_estimate, image_size, load_image
 from kitchenware.gateway import errors
+from kitchenware.gateway.budget import BudgetExhausted, MemoryBudget
 from kitchenware.gateway.config import Settings
 from kitchenware.gateway.fetch import UrlFetcher
 from kitchenware.gateway.inputs import ImageInput, parse_predict_request
@@ -83,6 +84,7 @@ class Gateway:
         self.settings = settings
         self.clients = ClientProvider(settings, model_client)
         self.metrics = GatewayMetrics()
+        self.decode_budget = MemoryBudget(settings.max_decode_bytes)
         self.fetcher = UrlFetcher(
             timeout=settings.url_fetch_timeout,
             max_bytes=settings.max_image_bytes,
@@ -173,12 +175,28 @@ class Gateway:
                 )
 
     def decode(self, items: list[ImageInput], raw: list[bytes], size: int) -> np.ndarray:
+        """Each image at `size`, one at a time, each inside this worker's decode budget."""
+        budget = self.decode_budget
         pixels = []
         for item, data in zip(items, raw, strict=True):
             try:
-                pixels.append(
-                    load_image(data, size=size, max_pixels=self.settings.max_image_pixels)
-                )
+                needed = decode_estimate(data, size)
+                if needed > budget.total:
+                    raise ImageTooLarge(
+                        f"decoding it would take ~{needed / 2**20:,.0f} MiB; the limit is "
+                        f"{budget.total / 2**20:,.0f} MiB (MAX_DECODE_BYTES)"
+                    )
+                with budget.reserve(needed, timeout=self.settings.grpc_timeout):
+                    pixels.append(
+                        load_image(
+                            data,
+                            size=size,
+                            max_pixels=self.settings.max_image_pixels,
+                            max_decode_bytes=budget.total,
+                        )
+                    )
+            except BudgetExhausted as exc:
+                raise errors.Overloaded(f"too many large images being decoded: {exc}") from None
             except ImageTooLarge as exc:
                 raise errors.TooLarge(f"{item.label}: {exc}") from None
             except ImageError as exc:

@@ -20,6 +20,7 @@ GRPC_TIMEOUT = "GRPC_TIMEOUT"
 GRPC_MAX_MESSAGE_BYTES = "GRPC_MAX_MESSAGE_BYTES"
 MAX_IMAGE_BYTES = "MAX_IMAGE_BYTES"
 MAX_IMAGE_PIXELS = "MAX_IMAGE_PIXELS"
+MAX_DECODE_BYTES = "MAX_DECODE_BYTES"
 MAX_REQUEST_BYTES = "MAX_REQUEST_BYTES"
 MAX_BATCH = "MAX_BATCH"
 URL_FETCH_TIMEOUT = "URL_FETCH_TIMEOUT"
@@ -43,6 +44,9 @@ class Settings:
     grpc_max_message_bytes: int = contract.MAX_MESSAGE_BYTES
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    # Per worker, shared by its threads: 2 workers x (160 MiB + ~70 MiB baseline)
+    # stay inside the 512 MiB the manifests give the gateway container.
+    max_decode_bytes: int = 160 * 2**20
     # The whole HTTP body (a batch of uploads, base64 inflates by 4/3).
     max_request_bytes: int = 50 * 1024 * 1024
     max_batch: int = 32
@@ -55,6 +59,7 @@ class Settings:
             GRPC_MAX_MESSAGE_BYTES: self.grpc_max_message_bytes,
             MAX_IMAGE_BYTES: self.max_image_bytes,
             MAX_IMAGE_PIXELS: self.max_image_pixels,
+            MAX_DECODE_BYTES: self.max_decode_bytes,
             MAX_REQUEST_BYTES: self.max_request_bytes,
             MAX_BATCH: self.max_batch,
             URL_FETCH_TIMEOUT: self.url_fetch_timeout,
@@ -89,6 +94,7 @@ class Settings:
             grpc_max_message_bytes=get(GRPC_MAX_MESSAGE_BYTES, "grpc_max_message_bytes", _count),
             max_image_bytes=get(MAX_IMAGE_BYTES, "max_image_bytes", _count),
             max_image_pixels=get(MAX_IMAGE_PIXELS, "max_image_pixels", _count),
+            max_decode_bytes=get(MAX_DECODE_BYTES, "max_decode_bytes", _count),
             max_request_bytes=get(MAX_REQUEST_BYTES, "max_request_bytes", _count),
             max_batch=get(MAX_BATCH, "max_batch", _count),
             url_fetch_timeout=get(URL_FETCH_TIMEOUT, "url_fetch_timeout", _seconds),

@@ -46,5 +46,11 @@ class ModelUnavailable(GatewayError):
     status, code = 503, "model_unavailable"
 
 
+class Overloaded(GatewayError):
+    """This worker is already decoding as much as its memory budget allows."""
+
+    status, code = 503, "overloaded"
+
+
 class ModelTimeout(GatewayError):
     status, code = 504, "model_timeout"

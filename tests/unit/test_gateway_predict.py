@@ -242,3 +242,25 @@ def test_unknown_routes_and_methods_answer_json(client):
     wrong = client.get("/predict")
     assert wrong.status_code == 405 and "POST" in wrong.headers["Allow"]
     assert wrong.get_json()["error"]["code"] == "method_not_allowed"
+
+
+def test_bombs_are_bounded_or_refused_and_never_reach_the_model(client, model):
+    from support.bombs import animated_webp, gif_screen
+
+    assert client.post("/predict", data=gif_screen(), content_type="image/gif").status_code == 200
+    refused = client.post("/predict", data=animated_webp(), content_type="image/webp")
+    assert refused.status_code == 413
+    assert "MAX_DECODE_BYTES" in refused.get_json()["error"]["message"]
+    assert len(model.sent) == 1  # the GIF only
+
+
+def test_a_worker_whose_decode_budget_stays_full_answers_503_overloaded(model, monkeypatch):
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    app = create_app(Settings(max_decode_bytes=2**20, grpc_timeout=0.2), model_client=model)
+    budget = app.extensions["kitchenware_gateway"].decode_budget
+    with budget.reserve(budget.total, timeout=0):  # another thread's decode, still running
+        busy = app.test_client().post("/predict", data=photo(), content_type="image/jpeg")
+    assert busy.status_code == 503
+    assert busy.get_json()["error"]["code"] == "overloaded"
+    ok = app.test_client().post("/predict", data=photo(), content_type="image/jpeg")
+    assert ok.status_code == 200

@@ -180,3 +180,73 @@ def test_pillow_global_limit_is_left_alone():
     from PIL import Image
 
     assert Image.MAX_IMAGE_PIXELS is not None
+
+
+# --- decompression bombs: tiny files that declare huge canvases ---
+
+
+BOUNDED_DECODE = r"""
+import resource, sys
+from kitchenware.core.images import load_image
+data = sys.stdin.buffer.read()
+size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+# 300 MiB of address space beyond what the interpreter has mapped so far
+resource.setrlimit(resource.RLIMIT_AS, (size + 300 * 2**20, resource.RLIM_INFINITY))
+print(load_image(data, size=299).shape)
+"""
+
+
+@pytest.mark.parametrize("name", ["gif-screen", "palette-png"])
+def test_a_bomb_decodes_within_a_memory_limit(name):
+    """Each declares 40 megapixels; a full-size RGBA copy alone would be 160 MB (it took
+    ~800 MB before decoding was bounded), the frame itself is 40 MB."""
+    import subprocess
+    import sys
+
+    from support.bombs import BOMBS
+
+    proc = subprocess.run(
+        [sys.executable, "-c", BOUNDED_DECODE],
+        input=BOMBS[name](),
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout.decode().strip() == "(299, 299, 3)"
+
+
+def test_a_decode_over_the_byte_limit_is_refused_before_decoding():
+    from support.bombs import animated_webp
+
+    from kitchenware.core.images import decode_estimate
+
+    data = animated_webp()
+    assert decode_estimate(data, 299) > 500 * 2**20  # libwebp's canvases: ~16 bytes a pixel
+    with pytest.raises(ImageTooLarge, match=r"would take ~\d+ MiB; the limit is 160 MiB"):
+        load_image(data, size=299, max_decode_bytes=160 * 2**20)
+    assert load_image(_save(_two_tone(), "WEBP"), size=8, max_decode_bytes=2**20).shape == (8, 8, 3)
+
+
+@pytest.mark.parametrize("mode", ["P-transparent", "LA", "I;16", "RGBA", "L", "RGB"])
+@pytest.mark.parametrize("factor", [1, 3, 7])
+def test_strips_give_the_pixels_of_converting_and_reducing_the_whole_image(
+    monkeypatch, mode, factor
+):
+    from kitchenware.core import images
+
+    rng = np.random.default_rng(factor)
+    height, width = 301, 157  # not a multiple of the strip or of the factor
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65535, (height, width), dtype=np.uint16))
+    else:
+        base = mode.split("-")[0]
+        channels = {"P": 1, "L": 1, "LA": 2, "RGBA": 4, "RGB": 3}[base]
+        pixels = rng.integers(0, 255, (height, width, channels), dtype=np.uint8).squeeze()
+        img = Image.fromarray(pixels, "L" if base == "P" else base)
+        if base == "P":
+            img = img.convert("P")
+            img.info["transparency"] = 3
+    monkeypatch.setattr(images, "STRIP_ROWS", 40)
+    whole = images._to_rgb(img)
+    whole = whole.reduce(factor) if factor > 1 else whole
+    assert np.array_equal(np.asarray(images._rgb_reduced(img, factor)), np.asarray(whole))
