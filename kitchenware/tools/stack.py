@@ -311,7 +311,7 @@ class Gateway(Process):
         super().__init__(f"gateway-{self.port}", argv, full_env, log_dir, own_session)
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def _status(self, path: str) -> int:
+    def http_status(self, path: str) -> int:
         self.check_alive()
         try:
             with urllib.request.urlopen(self.url + path, timeout=5) as response:
@@ -323,12 +323,12 @@ class Gateway(Process):
         """Start; with `wait`, until /healthz answers 200 (the process serves HTTP)."""
         super().start()
         if wait:
-            wait_for(lambda: self._status("/healthz") == 200, timeout, f"gateway on {self.url}")
+            wait_for(lambda: self.http_status("/healthz") == 200, timeout, f"gateway on {self.url}")
         return self
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         """Until /readyz is 200: the gateway reaches the model server and a model is loaded."""
-        wait_for(lambda: self._status("/readyz") == 200, timeout,
+        wait_for(lambda: self.http_status("/readyz") == 200, timeout,
                  f"{self.url}/readyz", interval=0.5)  # fmt: skip
 
     def worker_pids(self) -> list[int]:
@@ -350,16 +350,15 @@ class ServingStack:
         rest_port: int | None = None,
         host: str = "127.0.0.1",
         workers: int = 2,
-        log_dir: Path | None = None,
+        log_dir: Path | None = None,  # None: both write to this terminal
         gateway_env: dict[str, str] | None = None,
         server_args: list[str] | None = None,
     ) -> None:
-        self.log_dir = log_dir  # None: both write to this terminal
         # Their own sessions: Ctrl-C reaches only us, and we stop them in order.
-        self.server = ModelServer(model_base, self.log_dir, port=grpc_port or free_port(),
-                                  rest_port=rest_port, extra=server_args or [], own_session=True)  # fmt: skip
+        self.server = ModelServer(model_base, log_dir, port=grpc_port, rest_port=rest_port,
+                                  extra=server_args or [], own_session=True)  # fmt: skip
         env = {"TF_SERVING_HOST": self.server.target, **(gateway_env or {})}
-        self.gateway = Gateway(self.log_dir, env, port=port or free_port(), host=host,
+        self.gateway = Gateway(log_dir, env, port=port, host=host,
                                workers=workers, own_session=True)  # fmt: skip
         self.url = self.gateway.url
 
@@ -374,7 +373,12 @@ class ServingStack:
 
     def wait_ready(self, timeout: float = STACK_READY_TIMEOUT_S) -> None:
         """Until the gateway's /readyz is 200: both processes up, model loaded."""
-        self.gateway.wait_ready(timeout)
+
+        def ready() -> bool:
+            self.server.check_alive()
+            return self.gateway.http_status("/readyz") == 200
+
+        wait_for(ready, timeout, f"{self.url}/readyz", interval=0.5)
 
     def stop(self) -> None:
         """SIGTERM to the gateway, then the model server; SIGKILL whatever is left."""
