@@ -348,7 +348,7 @@ def test_openapi_spec_with_schemathesis(gateway, tmp_path):
     """schemathesis generates requests from docu/openapi.yaml (positive and negative) and checks
     that the running gateway never errs, answers only documented codes, and matches the
     documented schemas."""
-    env = dict(os.environ, SCHEMATHESIS_HOOKS="fuzz_safety",
+    env = dict(os.environ, SCHEMATHESIS_HOOKS="support.fuzz_safety",
                PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
     cli = Path(sys.executable).with_name("schemathesis")
     command = [str(cli) if cli.exists() else "schemathesis", "run", str(SPEC_PATH),
