@@ -190,6 +190,8 @@ class ModelServer(Process):
         self.port = port or free_port()
         self.rest_port = free_port() if rest_port is None else rest_port
         self.model_name = model_name
+        if ready not in ("rest", "grpc"):
+            raise StackError(f"ready must be 'rest' or 'grpc', got {ready!r}")
         self.ready = "grpc" if self.rest_port == 0 else ready
         self.target = f"127.0.0.1:{self.port}"
         self.stats_file = (
@@ -249,7 +251,10 @@ class ModelServer(Process):
             import grpc
 
             with grpc.insecure_channel(self.target) as channel:
-                grpc.channel_ready_future(channel).result(timeout=2.0)
+                try:
+                    grpc.channel_ready_future(channel).result(timeout=2.0)
+                except grpc.FutureTimeoutError:
+                    return False
             return True
         return self.model_status()[0] in (200, 404)
 
