@@ -6,7 +6,7 @@
 
 `pipeline` preps the Kaggle-layout data (kitchenware-mini by default), then in
 the same run feeds its train split at 299 px through (a) Keras'
-ImageDataGenerator.flow_from_directory with the original project's kind of
+ImageDataGenerator.flow_from_directory with the course solutions' kind of
 augmentation (tf_keras package; Keras 3 dropped the class) and (b) our tf.data
 pipeline plus the model's own augmentation layers applied to each batch, which
 is where that work happens in our training. Both produce augmented float

@@ -49,7 +49,7 @@ def prep_summary(demo: Path) -> None:
     )
 
 
-# -- training (issue 3): quick settings so the demo finishes in minutes on a CPU -------
+# -- training: quick settings so the demo finishes in minutes on a CPU ---------------
 # From scratch (no download) at 96 px, so accuracy on the drawings is modest; real
 # training uses ImageNet weights at 299 px (README, "Training").
 
@@ -83,7 +83,7 @@ def export(demo: Path) -> None:
 STEPS: list[Callable[[Path], None]] = [sample_data, prep, prep_summary, train, evaluate, export]
 
 
-# -- serving (issue 4): runs after every build step in STEPS --------------------------
+# -- serving: runs after every build step in STEPS ----------------------------------
 
 
 def model_base(demo: Path) -> Path:
