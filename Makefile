@@ -66,10 +66,10 @@ lint: venv
 	$(BIN)/lint-imports
 
 demo: venv
-	$(BIN)/python scripts/demo.py --dir $(DEMO_DIR)
+	$(BIN)/python -m kitchenware.tools.demo --dir $(DEMO_DIR)
 
 serve: venv
-	$(BIN)/python scripts/serve.py
+	$(BIN)/python -m kitchenware.tools.serve
 
 # Pinned requirement files, generated from pyproject.toml in throw-away venvs.
 lock:
@@ -86,13 +86,13 @@ LOAD_ARGS ?= --clients 8 --seconds 60
 SWEEP ?= 1,2,4,8,16
 
 load: venv  # N clients x T s: throughput, p50/p95/p99, errors, RSS before/after
-	$(BIN)/python scripts/load.py $(LOAD_ARGS)
+	$(BIN)/python -m kitchenware.tools.load $(LOAD_ARGS)
 
 load-sweep: venv  # latency percentiles vs concurrency -> docu/images/latency_vs_concurrency.png
-	$(BIN)/python scripts/load.py --concurrency-sweep $(SWEEP)
+	$(BIN)/python -m kitchenware.tools.load --concurrency-sweep $(SWEEP)
 
 faults: venv  # model server killed, slow URLs, worker SIGKILL, broken version, under load
-	$(BIN)/python scripts/faults.py
+	$(BIN)/python -m kitchenware.tools.faults
 
 # ImageDataGenerator (the baseline of bench_train.py pipeline) lives in tf-keras;
 # --no-deps because tf-keras declares full tensorflow, which would overwrite tensorflow-cpu.
@@ -100,13 +100,13 @@ TF_KERAS := tf-keras==2.21.0
 
 bench: venv gateway-venv  # every benchmark script in turn (each prints its figures and the machine)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(TF_KERAS)
-	$(BIN)/python scripts/bench_prep.py
-	$(BIN)/python scripts/bench_train.py pipeline
-	$(BIN)/python scripts/bench_train.py augment
-	$(BIN)/python scripts/bench_train.py step
-	$(BIN)/python scripts/bench_serving.py
-	$(BIN)/python scripts/bench_gateway.py all
-	$(BIN)/python scripts/load.py $(LOAD_ARGS)
+	$(BIN)/python -m kitchenware.tools.bench_prep
+	$(BIN)/python -m kitchenware.tools.bench_train pipeline
+	$(BIN)/python -m kitchenware.tools.bench_train augment
+	$(BIN)/python -m kitchenware.tools.bench_train step
+	$(BIN)/python -m kitchenware.tools.bench_serving
+	$(BIN)/python -m kitchenware.tools.bench_gateway all
+	$(BIN)/python -m kitchenware.tools.load $(LOAD_ARGS)
 
 # ===========================================================================
 # Deployment (docu/deploy.md): docker-compose, kind, AWS EKS.
@@ -168,10 +168,10 @@ SMOKE_IMAGES = $(or $(TEST_IMAGES),$(shell ls $(DEPLOY_SAMPLE)/images/* 2>/dev/n
 
 compose-up: need-compose model-check gateway-venv
 	MODEL_VERSION=$(MODEL_VERSION) IMAGE_TAG=$(IMAGE_TAG) $(COMPOSE) -f docker-compose.yaml up -d --build
-	$(GW_VENV)/bin/python scripts/wait_ready.py $(COMPOSE_URL) --timeout 300
+	$(GW_VENV)/bin/python -m kitchenware.tools.wait_ready $(COMPOSE_URL) --timeout 300
 
 compose-test: gateway-venv smoke-images
-	$(GW_VENV)/bin/python scripts/wait_ready.py $(COMPOSE_URL) --timeout 60
+	$(GW_VENV)/bin/python -m kitchenware.tools.wait_ready $(COMPOSE_URL) --timeout 60
 	$(GW_VENV)/bin/python test.py --gateway $(COMPOSE_URL) $(SMOKE_IMAGES)
 
 compose-down: need-compose
@@ -195,7 +195,7 @@ kind-deploy: need-kubectl
 	kubectl --context $(KIND_CONTEXT) -n $(K8S_NAMESPACE) rollout status deployment/gateway --timeout=180s
 
 kind-test: gateway-venv smoke-images
-	$(GW_VENV)/bin/python scripts/wait_ready.py $(KIND_URL) --timeout 120
+	$(GW_VENV)/bin/python -m kitchenware.tools.wait_ready $(KIND_URL) --timeout 120
 	$(GW_VENV)/bin/python test.py --gateway $(KIND_URL) $(SMOKE_IMAGES)
 
 kind-down: need-kind
@@ -226,7 +226,7 @@ eks-deploy: need-kubectl need-aws
 eks-test: need-kubectl gateway-venv smoke-images
 	@host=$$(kubectl -n $(K8S_NAMESPACE) get service gateway -o jsonpath='{.status.loadBalancer.ingress[0].hostname}'); \
 	test -n "$$host" || { echo "make eks-test: the gateway Service has no load balancer address yet (kubectl -n $(K8S_NAMESPACE) get service gateway)" >&2; exit 1; }; \
-	$(GW_VENV)/bin/python scripts/wait_ready.py http://$$host --timeout 600 \
+	$(GW_VENV)/bin/python -m kitchenware.tools.wait_ready http://$$host --timeout 600 \
 	&& $(GW_VENV)/bin/python test.py --gateway http://$$host $(SMOKE_IMAGES)
 
 # Deletes the namespace first so the AWS load balancer goes before the VPC.

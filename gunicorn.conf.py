@@ -8,14 +8,13 @@ mode: each worker writes its samples to files in PROMETHEUS_MULTIPROC_DIR and
 
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from kitchenware.core.errors import KitchenwareError  # noqa: E402
-from kitchenware.gateway.config import Settings  # noqa: E402
+# No sys.path edit: gunicorn puts its working folder on sys.path before it reads this
+# file, and kitchenware is installed wherever the gateway runs (image, venvs).
+from kitchenware.core.errors import KitchenwareError
+from kitchenware.gateway.config import Settings
 
 
 def _int_env(name: str, default: int) -> int:

@@ -33,8 +33,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from support.fuzz_safety import safe_body, safe_url
-from support.gateway_stack import Gateway, ModelServer
-from support.paths import REPO, free_port
+from support.paths import REPO, guarded_gateway
+
+from kitchenware.tools.stack import ModelServer
 
 pytestmark = pytest.mark.slow
 
@@ -84,10 +85,7 @@ def gateway(exported_model, tmp_path_factory) -> str:
     work = tmp_path_factory.mktemp("fuzz")
     base = work / "models" / "kitchenware"
     shutil.copytree(exported_model, base)
-    server_port, gateway_port = free_port(), free_port()
-    while gateway_port == server_port:  # two picks in a row can return the same port
-        gateway_port = free_port()
-    server = ModelServer(base, server_port, work)
+    server = ModelServer(base, work)
     env = {
         "TF_SERVING_HOST": server.target,
         "ALLOW_PRIVATE_URLS": "false",  # the address guard stays on
@@ -96,7 +94,7 @@ def gateway(exported_model, tmp_path_factory) -> str:
         "MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
         "GUNICORN_LOG_LEVEL": "warning",
     }
-    gw = Gateway(gateway_port, work, env, workers=1, threads=4)
+    gw = guarded_gateway(work, env, workers=1, threads=4)
     server.start()
     try:
         gw.start()

@@ -15,7 +15,9 @@ import subprocess
 import sys
 
 import pytest
-from support.gateway_stack import GATEWAY_VENV_PYTHON, REPO
+from support.paths import REPO
+
+from kitchenware.tools.stack import GATEWAY_VENV_PYTHON
 
 CHECK = r"""
 import json, sys

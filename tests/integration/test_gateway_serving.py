@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-from support.gateway_stack import Gateway, ModelServer, PhotoServer, peak_rss_kb, wait_for
-from support.paths import REPO, TINY_SIZE, free_port
+from support.paths import REPO, TINY_SIZE, guarded_gateway
+
+from kitchenware.tools.stack import ModelServer, PhotoServer, peak_rss_kb, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -40,21 +41,21 @@ def stack(exported_model, tmp_path_factory, photos):
     work = tmp_path_factory.mktemp("gateway-stack")
     base = work / "models" / "kitchenware"
     shutil.copytree(exported_model, base)
-    server = ModelServer(base, free_port(), work, extra=["--poll-seconds", "0.5"])
+    server = ModelServer(base, work, poll_seconds=0.5)
     server.start()
     site_root = work / "site"
     site_root.mkdir()
     for photo in photos[:3]:
         shutil.copy(photo, site_root / photo.name)
     (site_root / "notes.txt").write_text("not an image")
-    strict = Gateway(free_port(), work, {"TF_SERVING_HOST": server.target,
-                                         "GRPC_TIMEOUT": str(GRPC_TIMEOUT),
-                                         "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics")},
-                     workers=2)  # fmt: skip
-    lenient = Gateway(free_port(), work, {"TF_SERVING_HOST": server.target,
-                                          "GRPC_TIMEOUT": str(GRPC_TIMEOUT),
-                                          "ALLOW_PRIVATE_URLS": "true",
-                                          "URL_FETCH_TIMEOUT": "2"})  # fmt: skip
+    strict = guarded_gateway(work, {"TF_SERVING_HOST": server.target,
+                                    "GRPC_TIMEOUT": str(GRPC_TIMEOUT),
+                                    "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics")},
+                             workers=2)  # fmt: skip
+    lenient = guarded_gateway(work, {"TF_SERVING_HOST": server.target,
+                                     "GRPC_TIMEOUT": str(GRPC_TIMEOUT),
+                                     "ALLOW_PRIVATE_URLS": "true",
+                                     "URL_FETCH_TIMEOUT": "2"})  # fmt: skip
     try:
         strict.start()
         lenient.start()
@@ -316,8 +317,8 @@ def test_new_version_exported_while_serving(stack, photos):
 
 
 def test_hung_model_server_is_a_504_at_the_deadline(stack, photos):
-    quick = Gateway(free_port(), stack["work"], {"TF_SERVING_HOST": stack["server"].target,
-                                                 "GRPC_TIMEOUT": "2"})  # fmt: skip
+    quick = guarded_gateway(stack["work"], {"TF_SERVING_HOST": stack["server"].target,
+                                            "GRPC_TIMEOUT": "2"})  # fmt: skip
     quick.start()
     server = stack["server"].proc
     photo = photos[0].read_bytes()
@@ -371,7 +372,7 @@ def test_web_page_in_headless_chromium(stack, photos, tmp_path):
             assert re.fullmatch(r"model kitchenware, version \d+", page.text_content("#model"))
             assert page.is_visible("#preview")
             assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-            # (the README's picture comes from scripts/screenshot_web.py with a trained model)
+            # (the README's picture comes from kitchenware/tools/screenshot_web.py with a trained model)
             shot = tmp_path / "web.png"
             page.screenshot(path=str(shot), full_page=True)
             assert Image.open(shot).size[0] == 390

@@ -4,16 +4,20 @@ batching, health, SIGTERM, and the client's behaviour when the server dies and c
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.paths import REPO, TINY_SIZE
-from support.serving_helpers import SERVING, ModelServerProcess, copy_version, health_status
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -29,8 +33,33 @@ from kitchenware.serving.grpc_client import (
     ModelServerUnavailable,
     ServingClient,
 )
+from kitchenware.tools.stack import ModelServer, wait_for
 
 pytestmark = pytest.mark.slow
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def copy_version(source_version_dir: Path, base: Path, version: int) -> Path:
+    """Put a copy of an exported version at BASE/<version> atomically (staging + rename), as
+    `kitchenware export` does, so a polling server never sees a half-written folder."""
+    base.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=base))
+    shutil.copytree(source_version_dir, staging, dirs_exist_ok=True)
+    target = base / str(version)
+    os.rename(staging, target)
+    return target
+
+
+def health_status(target: str, service: str = "", timeout: float = 1.0):
+    """The grpc.health.v1 status of `service`, or None when the server does not answer."""
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            return stub.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            ).status
+        except grpc.RpcError:
+            return None
 
 
 def images(n: int, seed: int = 0, size: int = TINY_SIZE) -> np.ndarray:
@@ -47,9 +76,10 @@ def base(exported_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(base):
-    process = ModelServerProcess(
-        base, "--num-versions", "2", "--max-batch-size", "16", "--batch-timeout-ms", "100"
-    )
+    process = ModelServer(
+        base, base.parent, extra=["--num-versions", "2", "--max-batch-size", "16",
+                                  "--batch-timeout-ms", "100"],
+    )  # fmt: skip
     with process:
         yield process
 
@@ -284,8 +314,8 @@ def test_new_versions_are_picked_up_and_broken_ones_skipped(server, base):
 
 def test_no_version_then_first_version_arrives(exported_model, tmp_path):
     empty = tmp_path / "kitchenware"
-    server = ModelServerProcess(empty, "--batch-timeout-ms", "1500")
-    server.start(wait_serving=False)
+    server = ModelServer(empty, tmp_path, extra=["--batch-timeout-ms", "1500"])
+    server.start().wait_answering()
     try:
         assert health_status(server.target, "kitchenware") != SERVING
         with ServingClient(server.target, timeout=5) as client:
@@ -295,7 +325,7 @@ def test_no_version_then_first_version_arrives(exported_model, tmp_path):
                 client.predict(images(1))
 
             copy_version(exported_model / "1", empty, 1)
-            server.wait_for(SERVING)
+            wait_for(lambda: health_status(server.target, "kitchenware") == SERVING, 90, "SERVING")
             assert client.check_ready()[0]
             assert client.predict(images(1)).version == 1
 
@@ -328,7 +358,7 @@ def test_no_version_then_first_version_arrives(exported_model, tmp_path):
 def test_client_survives_a_server_restart(exported_model, tmp_path):
     base = tmp_path / "kitchenware"
     copy_version(exported_model / "1", base, 1)
-    server = ModelServerProcess(base, "--no-batching").start()
+    server = ModelServer(base, tmp_path, batching=False).start(wait=True)
     try:
         client = ServingClient(server.target, timeout=3)
         assert client.predict(images(1)).version == 1
@@ -339,7 +369,7 @@ def test_client_survives_a_server_restart(exported_model, tmp_path):
         assert time.monotonic() - started < 3 + 2  # within the deadline (plus slack)
         assert not client.check_ready()[0]
 
-        server.start()  # same port; the same client (same channel) reconnects
+        server.start(wait=True)  # same port; the same client (same channel) reconnects
         assert client.predict(images(1)).version == 1
         client.close()
     finally:

@@ -15,8 +15,9 @@ import urllib.request
 
 import numpy as np
 import pytest
-from support.paths import REPO, TINY_SIZE, free_port
-from support.serving_helpers import ModelServerProcess
+from support.paths import REPO, TINY_SIZE
+
+from kitchenware.tools.stack import ModelServer, free_port
 
 HEALTHCHECK = REPO / "serving" / "model-healthcheck.sh"
 
@@ -51,9 +52,9 @@ def wait_answer(url: str, timeout: float = 30.0) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def rest_server(exported_model):
+def rest_server(exported_model, tmp_path_factory):
     port = free_port()
-    with ModelServerProcess(exported_model, "--rest-api-port", str(port)) as server:
+    with ModelServer(exported_model, tmp_path_factory.mktemp("rest"), rest_port=port) as server:
         yield f"http://127.0.0.1:{port}", port, server
 
 
@@ -127,25 +128,27 @@ def test_predict_refuses_garbage_and_unknown_models(rest_server):
     assert got == 404 and "Latest(other)" in answer["error"]
     got, answer = call(f"{url}/v1/models/kitchenware/versions/3:predict", {"instances": [1]})
     assert got == 404 and "version 3" in answer["error"]
-    assert server.process.poll() is None
+    assert server.alive()
 
 
 def test_no_version_yet_is_404_and_the_healthcheck_fails(tmp_path):
     port = free_port()
-    server = ModelServerProcess(tmp_path / "empty", "--rest-api-port", str(port))
-    with server.start(wait_serving=False):
+    server = ModelServer(tmp_path / "empty", tmp_path, rest_port=port)
+    with server.start():
+        server.wait_answering()
         status, body = wait_answer(f"http://127.0.0.1:{port}/v1/models/kitchenware")
         assert status == 404 and "Could not find any versions" in body["error"]
         result = healthcheck(port)
         assert result.returncode == 1 and "404" in result.stderr
 
 
-def test_a_taken_rest_port_is_logged_and_grpc_keeps_serving(exported_model):
+def test_a_taken_rest_port_is_logged_and_grpc_keeps_serving(exported_model, tmp_path):
     import socket
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with ModelServerProcess(exported_model, "--rest-api-port", str(port)) as server:
+        # Ready by gRPC: the REST port is someone else's.
+        with ModelServer(exported_model, tmp_path, rest_port=port, ready="grpc") as server:
             assert f"REST API cannot listen on 127.0.0.1:{port}" in server.log()

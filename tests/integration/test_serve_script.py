@@ -1,4 +1,4 @@
-"""`make serve` (scripts/serve.py): both processes start, answer, and stop on Ctrl-C / SIGTERM."""
+"""`make serve` (kitchenware.tools.serve): both processes start, answer, and stop on Ctrl-C / SIGTERM."""
 
 from __future__ import annotations
 
@@ -11,15 +11,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from support.gateway_stack import wait_for
-from support.paths import REPO, free_port
+from support.paths import REPO
+
+from kitchenware.tools.stack import children, free_port, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -27,7 +23,7 @@ def test_serve_starts_both_and_stops_them_cleanly(exported_model, tmp_path, sig)
     port, grpc_port = free_port(), free_port()
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "scripts/serve.py", "--model-base-path", str(exported_model),
+        [sys.executable, "-m", "kitchenware.tools.serve", "--model-base-path", str(exported_model),
          "--port", str(port), "--grpc-port", str(grpc_port), "--workers", "1"],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
@@ -36,14 +32,14 @@ def test_serve_starts_both_and_stops_them_cleanly(exported_model, tmp_path, sig)
         wait_for(
             lambda: "serve: ready." in (tmp_path / "serve.log").read_text(), 180, "serve ready"
         )
-        children = _children(proc.pid)
-        assert len(children) == 2  # model server + gunicorn master
+        started = children(proc.pid)
+        assert len(started) == 2  # model server + gunicorn master
         ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
         assert ready.status_code == 200 and "version 1" in ready.json()["reason"]
         proc.send_signal(sig)
         assert proc.wait(60) == 0
         time.sleep(0.2)
-        alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
+        alive = [pid for pid in started if Path(f"/proc/{pid}").exists()
                  and "zombie" not in Path(f"/proc/{pid}/status").read_text()]  # fmt: skip
         assert alive == []
         out = (tmp_path / "serve.log").read_text()

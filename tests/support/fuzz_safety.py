@@ -6,7 +6,7 @@ first: it is kept only when the gateway can refuse it without a name lookup and
 would, at worst, connect to loopback (no host, a scheme other than http(s), an
 unparsable URL, or a host that is 127.x.x.x, ::1 or localhost); any other host is
 replaced by 127.0.0.1. Used by tests/integration/test_fuzz.py's strategies and as a
-schemathesis hook (SCHEMATHESIS_HOOKS=fuzz_safety) for the spec-driven run.
+schemathesis hook (SCHEMATHESIS_HOOKS=support.fuzz_safety) for the spec-driven run.
 """
 
 from __future__ import annotations

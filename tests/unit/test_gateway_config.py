@@ -12,11 +12,11 @@ import subprocess
 
 import pytest
 from PIL import Image
-from support.gateway_stack import REPO, gateway_python
-from support.paths import free_port
+from support.paths import REPO
 
 from kitchenware.gateway import config, create_app
 from kitchenware.gateway.config import ConfigError, Settings
+from kitchenware.tools.stack import free_port, gateway_python
 
 
 def test_defaults_match_the_documented_values():

@@ -1,6 +1,6 @@
 """`make faults`: break the running stack on purpose, under load, and report what clients saw.
 
-    python scripts/faults.py [--size 96] [--outage 5] [--json out.json]
+    python -m kitchenware.tools.faults [--size 96] [--outage 5] [--json out.json]
 
 Four scenarios, each against real processes on 127.0.0.1 (model server, gunicorn
 gateway with 2 workers, a local web server for URL inputs):
@@ -38,14 +38,16 @@ from pathlib import Path
 
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "scripts"), str(REPO / "tests")]
-
-from benchlib import machine  # noqa: E402
-from load import Load, Outcome, export_fresh_model, free_ports, load_photos  # noqa: E402
-from support.gateway_stack import Gateway, ModelServer, PhotoServer, wait_for  # noqa: E402
-
-from kitchenware.model_server.stats import read_stats  # noqa: E402
+from kitchenware.tools.benchlib import machine
+from kitchenware.tools.load import Load, Outcome, load_photos
+from kitchenware.tools.stack import (
+    Gateway,
+    ModelServer,
+    PhotoServer,
+    StackError,
+    export_untrained_model,
+    wait_for,
+)
 
 READY_TIMEOUT_S = 180.0
 # A client that gets an error waits this long before its next request (as real clients
@@ -57,13 +59,11 @@ class FaultStack:
     """Model server (with a stats file) + gunicorn gateway that may fetch 127.0.0.1 URLs."""
 
     def __init__(self, base: Path, workdir: Path, workers: int = 2, threads: int = 4,
-                 fetch_timeout: float = 4.0, grpc_timeout: float = 10.0) -> None:  # fmt: skip
+                 fetch_timeout: float = 4.0, grpc_timeout: float = 10.0,
+                 gateway_pythonpath: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.base = Path(base)
         self.workdir = Path(workdir)
-        self.stats_file = self.workdir / "model-server-stats.json"
-        server_port, gateway_port = free_ports(2)
-        self.server = ModelServer(self.base, server_port, self.workdir, extra=[
-            "--poll-seconds", "0.5", "--stats-file", str(self.stats_file)])  # fmt: skip
+        self.server = ModelServer(self.base, self.workdir, poll_seconds=0.5)
         env = {
             "TF_SERVING_HOST": self.server.target,
             "GRPC_TIMEOUT": str(grpc_timeout),
@@ -71,7 +71,8 @@ class FaultStack:
             "ALLOW_PRIVATE_URLS": "true",
             "URL_FETCH_TIMEOUT": str(fetch_timeout),
         }
-        self.gateway = Gateway(gateway_port, self.workdir, env, workers=workers, threads=threads)
+        self.gateway = Gateway(self.workdir, env, workers=workers, threads=threads,
+                               pythonpath=gateway_pythonpath)  # fmt: skip
         self.workers = workers
         self.threads = threads
         self.fetch_timeout = fetch_timeout
@@ -92,7 +93,7 @@ class FaultStack:
         self.server.stop()
 
     def stats(self) -> dict:
-        return read_stats(self.stats_file)
+        return self.server.stats()
 
     def __enter__(self) -> FaultStack:
         return self.start()
@@ -175,7 +176,7 @@ def model_server_outage(stack: FaultStack, photos, clients: int = 4,
         recovered_after_s=round(first_ok - ready, 2),
         workers_before=workers_before,
         workers_after=sorted(stack.gateway.worker_pids()),
-        master_alive=stack.gateway.proc.poll() is None,
+        master_alive=stack.gateway.alive(),
     )
 
 
@@ -381,7 +382,7 @@ def broken_version(stack: FaultStack, photos, clients: int = 2,
     try:
         wait_for(next_version, 90, f"answers from version {broken + 1}", interval=0.5)
         next_ok = True
-    except AssertionError:
+    except StackError:
         next_ok = False
     return BrokenVersionResult(
         broken_version=broken,
@@ -458,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         photos = load_photos(args.photos, workdir)
         base = workdir / "models" / "kitchenware"
         print(f"faults: exporting an untrained {args.size}px model", flush=True)
-        export_fresh_model(base, args.size)
+        export_untrained_model(base, args.size)
         site_root = workdir / "site"
         site_root.mkdir()
         with FaultStack(base, workdir, fetch_timeout=args.fetch_timeout) as stack, \

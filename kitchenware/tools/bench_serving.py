@@ -1,6 +1,6 @@
 """Model server throughput vs the same SavedModel in-process, batching on and off.
 
-    python scripts/bench_serving.py [--size 299] [--clients 8] [--requests 12]
+    python -m kitchenware.tools.bench_serving [--size 299] [--clients 8] [--requests 12]
 
 Exports an untrained Xception (weights none: the timing does not depend on the
 weights) at --size, measures the in-process `serving_default` throughput at
@@ -17,9 +17,7 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,21 +25,18 @@ import time
 from datetime import date
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from kitchenware.core.contract import DEFAULT_IMAGE_SIZE, SIGNATURE
+from kitchenware.tools.benchlib import cpu_model
+from kitchenware.tools.stack import ModelServer, export_untrained_model
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from benchlib import cpu_model  # noqa: E402
-from serve import free_port  # noqa: E402
-
-from kitchenware.model_server.stats import read_stats  # noqa: E402
 
 
 def offline_throughput(model_dir: Path, size: int, batch: int, repeats: int) -> float:
     import numpy as np
     import tensorflow as tf
 
-    serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    serve = tf.saved_model.load(str(model_dir)).signatures[SIGNATURE]
     pixels = tf.constant(
         np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     )
@@ -50,45 +45,6 @@ def offline_throughput(model_dir: Path, size: int, batch: int, repeats: int) -> 
     for _ in range(repeats):
         serve(image=pixels)["probabilities"].numpy()
     return batch * repeats / (time.perf_counter() - started)
-
-
-class Server:
-    """A `kitchenware model-server` child process on a free 127.0.0.1 port."""
-
-    def __init__(self, base: Path, extra: list[str]):
-        self.port = free_port()
-        self.stats_file = Path(tempfile.mkdtemp()) / "stats.json"
-        command = [
-            sys.executable, "-m", "kitchenware.cli", "model-server",
-            "--model-base-path", str(base), "--port", str(self.port), "--host", "127.0.0.1",
-            "--poll-seconds", "0", "--stats-file", str(self.stats_file),
-            "--log-level", "WARNING", *extra,
-        ]  # fmt: skip
-        self.process = subprocess.Popen(
-            command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
-        )
-        self.target = f"127.0.0.1:{self.port}"
-
-    def wait_ready(self) -> None:
-        from kitchenware.serving.grpc_client import ServingClient
-
-        with ServingClient(self.target, timeout=5) as probe:
-            deadline = time.monotonic() + 300
-            while not probe.check_ready()[0]:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("model server did not start")
-                time.sleep(0.5)
-
-    def stats(self) -> dict:
-        return read_stats(self.stats_file).get("stats", {})
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        shutil.rmtree(self.stats_file.parent, ignore_errors=True)
 
 
 def served_throughput(target: str, size: int, clients: int, requests: int) -> float:
@@ -131,7 +87,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size", type=int, default=299, help="image size (Xception minimum 71)")
+    parser.add_argument(
+        "--size", type=int, default=DEFAULT_IMAGE_SIZE, help="image size (Xception minimum 71)"
+    )
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=12, help="one-image requests per client")
     parser.add_argument("--batch", type=int, default=32, help="offline batch size")
@@ -141,17 +99,12 @@ def main() -> int:
     parser.add_argument("--num-batch-threads", type=int, default=1, help="server batch threads")
     args = parser.parse_args()
 
-    from kitchenware.export.savedmodel import export_saved_model
-    from kitchenware.training.model import build_model
-
     workdir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     servers = []
     rounds = []
     try:
         base = workdir / "kitchenware"
-        model = build_model(size=args.size, weights="none", inner=8, augment=False, seed=1)
-        export_saved_model(model, base, version=1)
-        del model
+        export_untrained_model(base, args.size, in_process=True)
         batching = [
             "--max-batch-size",
             str(args.batch),
@@ -160,9 +113,15 @@ def main() -> int:
             "--num-batch-threads",
             str(args.num_batch_threads),
         ]
-        servers = [Server(base, batching), Server(base, ["--no-batching"])]
+        servers = [
+            ModelServer(base, workdir, poll_seconds=0, extra=[*batching, "--log-level", "WARNING"]),
+            ModelServer(base, workdir, poll_seconds=0, batching=False,
+                        extra=["--log-level", "WARNING"]),
+        ]  # fmt: skip
         for server in servers:
-            server.wait_ready()
+            server.start()
+        for server in servers:
+            server.wait_ready(300)
         # Rounds interleave the three measurements so that load from other
         # processes on the machine hits all of them alike.
         for _ in range(args.rounds):
@@ -171,7 +130,7 @@ def main() -> int:
             off = served_throughput(servers[1].target, args.size, args.clients, args.requests)
             rounds.append({"offline": offline, "on": on, "off": off})
             print(json.dumps({k: round(v, 2) for k, v in rounds[-1].items()}), file=sys.stderr)
-        rows_per_batch = servers[0].stats().get("rows_per_batch")
+        rows_per_batch = servers[0].stats().get("stats", {}).get("rows_per_batch")
     finally:
         for server in servers:
             server.stop()
@@ -181,7 +140,7 @@ def main() -> int:
         return statistics.median(values)
 
     result = {
-        "command": "python scripts/bench_serving.py " + " ".join(sys.argv[1:]),
+        "command": "python -m kitchenware.tools.bench_serving " + " ".join(sys.argv[1:]),
         "date": date.today().isoformat(),
         "machine": f"{os.cpu_count()} CPUs, {cpu_model()}",
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),

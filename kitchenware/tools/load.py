@@ -1,7 +1,7 @@
 """`make load`: N concurrent clients for T seconds against gunicorn + the model server.
 
-    python scripts/load.py [--clients 8] [--seconds 60] [--size 96] [--json out.json]
-    python scripts/load.py --concurrency-sweep 1,2,4,8,16 [--sweep-seconds 15]
+    python -m kitchenware.tools.load [--clients 8] [--seconds 60] [--size 96] [--json out.json]
+    python -m kitchenware.tools.load --concurrency-sweep 1,2,4,8,16 [--sweep-seconds 15]
 
 Starts everything itself on 127.0.0.1 - a freshly exported, untrained model
 (tiny by default; `--size 299` for the production input size), the model server
@@ -14,8 +14,8 @@ exits 1 when a goal is missed (any error; RSS growth above `--max-rss-growth`).
 `--concurrency-sweep` runs one shorter load per client count and draws latency
 percentiles and throughput against concurrency as a PNG.
 
-The process helpers are the test-suite's own (tests/support/gateway_stack.py), so the
-load runs exactly what the tests run.
+The processes come from kitchenware.tools.stack, as in the test-suite, so the load
+runs exactly what the tests run.
 """
 
 from __future__ import annotations
@@ -34,13 +34,10 @@ from pathlib import Path
 import numpy as np
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+from kitchenware.tools.benchlib import MINI_DATA, machine
+from kitchenware.tools.stack import REPO, Gateway, ModelServer, export_untrained_model, rss_kb
 
-from benchlib import machine  # noqa: E402
-from support.gateway_stack import Gateway, ModelServer  # noqa: E402
-
-MINI_IMAGES = REPO.parent / "shared" / "data" / "kitchenware-mini" / "images"
+MINI_IMAGES = MINI_DATA / "images"
 REQUEST_TIMEOUT_S = 60.0
 DEFAULT_PLOT = REPO / "docu" / "images" / "latency_vs_concurrency.png"
 
@@ -182,37 +179,12 @@ def summarize(outcomes: list[Outcome], elapsed: float) -> dict:
 # -- processes and their memory ---------------------------------------------------------
 
 
-def rss_kb(pid: int) -> int:
-    """Resident set size of `pid` from /proc (Linux), in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 def process_memory(server: ModelServer, gateway: Gateway) -> dict[str, int]:
     """{process name: RSS KiB} for the model server, the gunicorn master and each worker."""
-    memory = {"model server": rss_kb(server.proc.pid), "gunicorn master": rss_kb(gateway.proc.pid)}
+    memory = {"model server": rss_kb(server.pid), "gunicorn master": rss_kb(gateway.pid)}
     for i, pid in enumerate(sorted(gateway.worker_pids())):
         memory[f"gunicorn worker {i + 1} (pid {pid})"] = rss_kb(pid)
     return memory
-
-
-def export_fresh_model(base: Path, size: int) -> None:
-    """An untrained Xception (weights none) exported as BASE/1, in a child process (keeps
-    TensorFlow out of the load generator)."""
-    code = (
-        "import sys\n"
-        "from kitchenware.export.savedmodel import export_saved_model\n"
-        "from kitchenware.training.model import build_model\n"
-        "model = build_model(size=int(sys.argv[2]), weights='none', inner=8, augment=False, seed=1)\n"
-        "export_saved_model(model, sys.argv[1], version=1)\n"
-    )
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-c", code, str(base), str(size)], env=env, cwd=REPO,
-                          capture_output=True, text=True)  # fmt: skip
-    if done.returncode != 0:
-        raise SystemExit(f"load: exporting the model failed:\n{done.stderr[-3000:]}")
 
 
 def load_photos(folder: Path | None, workdir: Path, count: int = 32) -> list[tuple[str, bytes]]:
@@ -235,21 +207,6 @@ def load_photos(folder: Path | None, workdir: Path, count: int = 32) -> list[tup
     return [(p.name, p.read_bytes()) for p in files[::step][:count]]
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` different TCP ports free on 127.0.0.1 right now (held open together while they
-    are picked: two one-at-a-time picks can return the same port)."""
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 class Stack:
     """A fresh model + model server + gunicorn gateway in a temporary folder."""
 
@@ -257,21 +214,16 @@ class Stack:
         self.workdir = workdir
         self.base = workdir / "models" / "kitchenware"
         self.size = args.size
-        server_args = ["--poll-seconds", "1"]
-        if args.no_batching:
-            server_args.append("--no-batching")
-        server_port, gateway_port = free_ports(2)
-        self.server = ModelServer(self.base, server_port, workdir, extra=server_args)
+        self.server = ModelServer(self.base, workdir, poll_seconds=1,
+                                  batching=not args.no_batching)  # fmt: skip
         env = {"TF_SERVING_HOST": self.server.target, "GRPC_TIMEOUT": str(args.grpc_timeout)}
         env.update(gateway_env or {})
-        self.gateway = Gateway(
-            gateway_port, workdir, env, workers=args.workers, threads=args.threads
-        )
+        self.gateway = Gateway(workdir, env, workers=args.workers, threads=args.threads)
         self.url = self.gateway.url
 
     def __enter__(self) -> Stack:
         print(f"load: exporting an untrained {self.size}px model to {self.base}", flush=True)
-        export_fresh_model(self.base, self.size)
+        export_untrained_model(self.base, self.size)
         try:
             self.server.start()
             self.gateway.start()

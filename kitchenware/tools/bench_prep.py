@@ -5,8 +5,8 @@ temporary folder, then runs the whole prep step (fingerprinting, grouping,
 split, output by hard links) alternately with --workers 1 and --workers 2,
 `--repeats` times each, and prints the best time of each and their ratio.
 
-    python scripts/bench_prep.py             # N=2000, about 2-3 minutes on 2 cores
-    python scripts/bench_prep.py --n 10000   # about the Kaggle set's size (9,367 images)
+    python -m kitchenware.tools.bench_prep             # N=2000, about 2-3 minutes on 2 cores
+    python -m kitchenware.tools.bench_prep --n 10000   # about the Kaggle set's size (9,367 images)
 """
 
 from __future__ import annotations
@@ -21,12 +21,9 @@ import time
 from datetime import date
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchlib import cpu_model  # noqa: E402
-
-from kitchenware.dataprep.prep import prepare  # noqa: E402
-from kitchenware.dataprep.synthetic import generate  # noqa: E402
+from kitchenware.dataprep.prep import prepare
+from kitchenware.dataprep.synthetic import generate
+from kitchenware.tools.benchlib import cpu_model
 
 
 def _timed_prep(data: Path, out: Path, workers: int) -> tuple[float, float, dict]:

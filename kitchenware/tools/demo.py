@@ -1,5 +1,7 @@
 """`make demo`: the whole pipeline on synthetic sample data, one step after another.
 
+    python -m kitchenware.tools.demo [--dir demo]
+
 Every step is a small function that takes the demo folder and runs a real
 `kitchenware` command in-process. Later stages append their steps to
 STEPS. Rerunnable: each step replaces its own output.
@@ -9,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from kitchenware.cli import main as kitchenware  # noqa: E402
+from kitchenware.cli import main as kitchenware
+from kitchenware.tools.stack import ServingStack
 
 
 def _run(*argv: str) -> None:
@@ -55,8 +56,6 @@ def prep_summary(demo: Path) -> None:
 
 def train(demo: Path) -> None:
     """Quick Xception from scratch (96 px, weights none, few epochs); writes runs/latest."""
-    import shutil
-
     run = demo / "runs" / "quick"
     shutil.rmtree(run, ignore_errors=True)
     _run(
@@ -94,8 +93,6 @@ def model_base(demo: Path) -> Path:
 
 def serve_and_classify(demo: Path) -> None:
     """Model server + gunicorn gateway in the background, `test.py` on a few images, stop."""
-    from serve import ServingStack, free_port
-
     from kitchenware.core.contract import versions
 
     base = model_base(demo)
@@ -104,10 +101,10 @@ def serve_and_classify(demo: Path) -> None:
     photos, truth = _unseen_photos(demo / "data", per_class=1)
     if not photos:
         raise SystemExit(f"demo: no test images under {demo / 'data'}")
-    log = demo / "serve.log"
-    log.unlink(missing_ok=True)
-    with ServingStack(base, port=free_port(), grpc_port=free_port(), log_file=log) as stack:
-        print(f"model server + gateway starting (logs: {log}) ...", flush=True)
+    logs = demo / "serve-logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    with ServingStack(base, log_dir=logs) as stack:
+        print(f"model server + gateway starting (logs: {logs}/) ...", flush=True)
         stack.wait_ready()
         print(f"gateway ready at {stack.url}/ serving {base} (versions {versions(base)})")
         print("true labels: " + ", ".join(f"{p.name} {truth[p.stem]}" for p in photos))

@@ -1,9 +1,9 @@
 """Gateway benchmarks, each measured side by side in one run and printed as JSON.
 
-    python scripts/bench_gateway.py e2e      # upload via gateway + model server vs in-process
-    python scripts/bench_gateway.py memory   # gateway worker RSS, .venv-gateway install size
-    python scripts/bench_gateway.py draft    # 12-Mpx JPEG decode+resize: draft mode vs plain
-    python scripts/bench_gateway.py all      # the three above
+    python -m kitchenware.tools.bench_gateway e2e      # upload via gateway + model server vs in-process
+    python -m kitchenware.tools.bench_gateway memory   # gateway worker RSS, .venv-gateway install size
+    python -m kitchenware.tools.bench_gateway draft    # 12-Mpx JPEG decode+resize: draft mode vs plain
+    python -m kitchenware.tools.bench_gateway all      # the three above
 
 e2e exports an untrained Xception (weights none: timing does not depend on the
 weights) at --size, starts `kitchenware model-server` and the gunicorn gateway
@@ -28,17 +28,19 @@ import time
 from datetime import date
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from benchlib import cpu_model  # noqa: E402
-
-MINI_DATA = Path(
-    os.environ.get("KITCHENWARE_MINI_DATA", REPO.parent / "shared" / "data" / "kitchenware-mini")
+from kitchenware.core.contract import DEFAULT_IMAGE_SIZE, SIGNATURE
+from kitchenware.tools.benchlib import MINI_DATA, cpu_model
+from kitchenware.tools.stack import (
+    GATEWAY_VENV_PYTHON,
+    REPO,
+    ServingStack,
+    export_untrained_model,
+    peak_rss_kb,
+    rss_kb,
 )
-GATEWAY_VENV = REPO / ".venv-gateway"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+GATEWAY_VENV = GATEWAY_VENV_PYTHON.parents[1]
 # TensorFlow's worker threads spin for a while after a call; a pause between the two
 # sides keeps one process's spinning threads from slowing the other's call.
 SETTLE_S = 0.2
@@ -71,7 +73,6 @@ def e2e_and_memory(
     import numpy as np
     import requests
     import tensorflow as tf
-    from serve import ServingStack, free_port
 
     from kitchenware.core.images import load_image
 
@@ -79,15 +80,16 @@ def e2e_and_memory(
     workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     try:
         base = workdir / "kitchenware"
-        export_untrained(base, size)
-        serve = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
+        # In a child process: building a Keras model here would slow this process's later
+        # SavedModel calls (measured 2x), which would flatter the gateway.
+        export_untrained_model(base, size)
+        serve = tf.saved_model.load(str(base / "1")).signatures[SIGNATURE]
 
         def in_process() -> np.ndarray:
             pixels = load_image(photo, size=size)[np.newaxis]
             return serve(image=tf.constant(pixels))["probabilities"].numpy()
 
-        stack = ServingStack(base, free_port(), free_port(), workers=1,
-                             log_file=workdir / "serve.log", server_args=server_args)  # fmt: skip
+        stack = ServingStack(base, workers=1, log_dir=workdir, server_args=server_args)
         with stack, requests.Session() as session:
             stack.wait_ready()
 
@@ -113,9 +115,8 @@ def e2e_and_memory(
             big = _big_jpeg(photo)
             for _ in range(5):
                 session.post(stack.url + "/predict", files={"file": ("big.jpg", big)})
-            master = stack.processes["gateway"].pid
-            workers = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-            rss = {pid: _status_kb(int(pid)) for pid in workers}
+            rss = {pid: (rss_kb(pid), peak_rss_kb(pid)) for pid in stack.gateway.worker_pids()}
+            gateway_python = stack.gateway.python
         result: dict = {}
         if do_e2e:
             result["e2e"] = {
@@ -127,35 +128,17 @@ def e2e_and_memory(
                 "goal": "<= 1.15",
             }
         result["memory"] = {
-            "gateway_python": str(Path(stack_python()).relative_to(REPO))
-            if stack_python().startswith(str(REPO))
+            "gateway_python": str(Path(gateway_python).relative_to(REPO))
+            if gateway_python == str(GATEWAY_VENV_PYTHON)
             else "this interpreter (no .venv-gateway)",
-            "worker_rss_mb": [round(v["VmRSS"] / 1024, 1) for v in rss.values()],
-            "worker_peak_rss_mb": [round(v["VmHWM"] / 1024, 1) for v in rss.values()],
+            "worker_rss_mb": [round(now / 1024, 1) for now, _ in rss.values()],
+            "worker_peak_rss_mb": [round(peak / 1024, 1) for _, peak in rss.values()],
             "goal_rss_mb": "<= 150",
             **install_size(),
         }
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def export_untrained(base: Path, size: int) -> None:
-    """Export in a child process: building a Keras model here would slow this process's
-    later SavedModel calls (measured 2x), which would flatter the gateway."""
-    code = (
-        "import sys; from kitchenware.export.savedmodel import export_saved_model; "
-        "from kitchenware.training.model import build_model; "
-        "m = build_model(size=int(sys.argv[2]), weights='none', inner=8, augment=False, seed=1); "
-        "export_saved_model(m, sys.argv[1], version=1)"
-    )
-    subprocess.run([sys.executable, "-c", code, str(base), str(size)], cwd=REPO, check=True)
-
-
-def stack_python() -> str:
-    from serve import gateway_python
-
-    return gateway_python()
 
 
 def _big_jpeg(photo: bytes) -> bytes:
@@ -169,15 +152,6 @@ def _big_jpeg(photo: bytes) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=90)
     return buf.getvalue()
-
-
-def _status_kb(pid: int) -> dict[str, int]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0])
-    return fields
 
 
 def install_size() -> dict:
@@ -196,7 +170,7 @@ def install_size() -> dict:
 # -- draft mode ---------------------------------------------------------------------
 
 
-def draft(repeats: int, size: int = 299) -> dict:
+def draft(repeats: int, size: int = DEFAULT_IMAGE_SIZE) -> dict:
     from PIL import Image, ImageOps
 
     from kitchenware.core.images import RESAMPLE, load_image
@@ -239,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("what", nargs="?", default="all", choices=["e2e", "memory", "draft", "all"])
-    parser.add_argument("--size", type=int, default=299, help="model input size")
+    parser.add_argument("--size", type=int, default=DEFAULT_IMAGE_SIZE, help="model input size")
     parser.add_argument("--repeats", type=int, default=30, help="timed requests per side")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument(
@@ -248,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         help="start the model server with --no-batching (a lone request then skips the batch wait)",
     )
     args = parser.parse_args(argv)
-    result = {"command": "python scripts/bench_gateway.py " + " ".join(argv or sys.argv[1:])}
+    result = {
+        "command": "python -m kitchenware.tools.bench_gateway " + " ".join(argv or sys.argv[1:])
+    }
     result["machine"] = machine()
     if args.what in ("e2e", "memory", "all"):
         server_args = ["--no-batching"] if args.no_batching else []

@@ -1,7 +1,7 @@
 """The machine a benchmark ran on, said the same way by every script.
 
-docu/BENCHMARKS.md puts `nproc`, the CPU model and the date next to each figure;
-the scripts under scripts/ import this module (their own folder is on sys.path).
+docu/BENCHMARKS.md puts `nproc`, the CPU model and the date next to each figure.
+MINI_DATA is where the benchmarks find real photos (KITCHENWARE_MINI_DATA overrides).
 """
 
 from __future__ import annotations
@@ -10,6 +10,12 @@ import os
 import platform
 from datetime import UTC, datetime
 from pathlib import Path
+
+from kitchenware.tools.stack import REPO
+
+MINI_DATA = Path(
+    os.environ.get("KITCHENWARE_MINI_DATA", REPO.parent / "shared" / "data" / "kitchenware-mini")
+)
 
 
 def cpu_model() -> str:

@@ -1,8 +1,8 @@
 """Training benchmarks; each subcommand is one command to rerun.
 
-  python scripts/bench_train.py pipeline [--data KAGGLE_DIR]   # tf.data vs ImageDataGenerator
-  python scripts/bench_train.py step                           # train step + export time at 299
-  python scripts/bench_train.py augment                        # fused warp vs Keras' 4 layers
+  python -m kitchenware.tools.bench_train pipeline [--data KAGGLE_DIR]   # tf.data vs ImageDataGenerator
+  python -m kitchenware.tools.bench_train step                           # train step + export time at 299
+  python -m kitchenware.tools.bench_train augment                        # fused warp vs Keras' 4 layers
 
 `pipeline` preps the Kaggle-layout data (kitchenware-mini by default), then in
 the same run feeds its train split at 299 px through (a) Keras'
@@ -26,12 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "kitchenware-mini"
+from kitchenware.core.contract import DEFAULT_IMAGE_SIZE
+from kitchenware.tools.benchlib import MINI_DATA, cpu_model
 
-from benchlib import cpu_model  # noqa: E402
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def machine() -> str:
@@ -202,16 +200,16 @@ def main() -> None:
     )
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("pipeline", help="tf.data vs ImageDataGenerator images/s")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Kaggle-layout folder")
-    p.add_argument("--size", type=int, default=299)
+    p.add_argument("--data", type=Path, default=MINI_DATA, help="Kaggle-layout folder")
+    p.add_argument("--size", type=int, default=DEFAULT_IMAGE_SIZE)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=3)
     s = sub.add_parser("step", help="train step and export time")
-    s.add_argument("--size", type=int, default=299)
+    s.add_argument("--size", type=int, default=DEFAULT_IMAGE_SIZE)
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--steps", type=int, default=3)
     a = sub.add_parser("augment", help="fused augmentation warp vs Keras' separate layers")
-    a.add_argument("--size", type=int, default=299)
+    a.add_argument("--size", type=int, default=DEFAULT_IMAGE_SIZE)
     a.add_argument("--batch-size", type=int, default=32)
     a.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
