@@ -120,12 +120,19 @@ def given(args) -> set[str]:
     return set(getattr(args, GIVEN, ()))
 
 
-def from_args(cls, args, *, base: Mapping[str, Any] | None = None, **fixed: Any):
+def from_args(
+    cls,
+    args,
+    *,
+    only: Iterable[str] | None = None,
+    base: Mapping[str, Any] | None = None,
+    **fixed: Any,
+):
     """Build `cls` from parsed `args`: typed options beat `base` (a preset), which beats defaults.
 
-    `fixed` sets fields outright (computed values such as a default folder).
+    `only` as in add_fields; `fixed` sets fields outright (values computed by the command).
     """
-    values = {f.name: getattr(args, f.name) for f in cli_fields(cls) if hasattr(args, f.name)}
+    values = {f.name: getattr(args, f.name) for f in cli_fields(cls, only)}
     typed = given(args)
     values.update({k: v for k, v in (base or {}).items() if k not in typed})
     values.update(fixed)
