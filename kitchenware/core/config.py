@@ -16,6 +16,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 GIVEN = "_given_options"  # namespace attribute: dests typed on the command line
@@ -60,11 +61,11 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _value_type(hint) -> type:
+def value_type(hint) -> type:
     """`int` for `int`, `str` for `str | None`: the type argparse converts to."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    if hint not in (bool, int, float, str):
+    if hint not in (bool, int, float, str, Path):
         raise TypeError(f"no command-line form for a field of type {hint!r}")
     return hint
 
@@ -75,6 +76,8 @@ def field_default(f: dataclasses.Field, defaults: Mapping[str, Any]) -> Any:
         return defaults[f.name]
     if f.default is not dataclasses.MISSING:
         return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
     return f.metadata.get("cli_default")
 
 
@@ -90,9 +93,13 @@ def add_fields(
     defaults, help = defaults or {}, help or {}
     hints = typing.get_type_hints(cls)
     for f in cli_fields(cls, only):
-        kind = _value_type(hints[f.name])
+        kind = value_type(hints[f.name])
         default = field_default(f, defaults)
-        required = f.default is dataclasses.MISSING and "cli_default" not in f.metadata
+        required = (
+            f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+            and "cli_default" not in f.metadata
+        )
         common = {
             "dest": f.name,
             "default": default,

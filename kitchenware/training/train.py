@@ -41,9 +41,7 @@ class TrainConfig:
 
     data: str = option(help="output folder of `kitchenware prep`")
     out: str = option(help="run folder (default: runs/<timestamp>)", cli_default=None)
-    backbone: str = option(
-        "xception", help="pretrained architecture", choices=sorted(BACKBONES)
-    )
+    backbone: str = option("xception", help="pretrained architecture", choices=sorted(BACKBONES))
     size: int = option(DEFAULT_IMAGE_SIZE, help="square input size in pixels")
     weights: str = option(
         "imagenet",

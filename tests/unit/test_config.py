@@ -4,19 +4,43 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 
 import pytest
 
 from kitchenware.cli import build_parser
-from kitchenware.core.config import add_fields, cli_fields, field_default, flag_name, from_args, option
+from kitchenware.core.config import (
+    add_fields,
+    cli_fields,
+    field_default,
+    flag_name,
+    from_args,
+    option,
+    value_type,
+)
+from kitchenware.dataprep.prep import PrepConfig
+from kitchenware.dataprep.synthetic import SampleDataConfig
+from kitchenware.export.cli import ExportConfig
+from kitchenware.training.evaluate import EvaluateConfig
 from kitchenware.training.presets import PRESETS
+from kitchenware.training.submit import SubmitConfig
 from kitchenware.training.train import TrainConfig, config_from_args
 from kitchenware.training.tune import BASE_FIELDS, TUNE_DEFAULTS, base_config
 
-# command -> (config class, fields it takes, its own defaults, builder of the config)
+
+def _plain(cls):
+    return lambda args: from_args(cls, args)
+
+
+# command -> (config class, fields it takes, its own defaults, config builder, required argv)
 COMMANDS = {
-    "train": (TrainConfig, None, {}, config_from_args),
-    "tune": (TrainConfig, BASE_FIELDS, TUNE_DEFAULTS, base_config),
+    "train": (TrainConfig, None, {}, config_from_args, ["--data", "d", "--out", "o"]),
+    "tune": (TrainConfig, BASE_FIELDS, TUNE_DEFAULTS, base_config, ["--data", "d", "--out", "o"]),
+    "evaluate": (EvaluateConfig, None, {}, _plain(EvaluateConfig), ["--data", "d"]),
+    "submit": (SubmitConfig, None, {}, _plain(SubmitConfig), ["--data", "d"]),
+    "export": (ExportConfig, None, {}, _plain(ExportConfig), []),
+    "prep": (PrepConfig, None, {}, _plain(PrepConfig), ["--data", "d", "--out", "o"]),
+    "sample-data": (SampleDataConfig, None, {}, _plain(SampleDataConfig), ["o"]),
 }
 
 
@@ -46,7 +70,7 @@ def _help_defaults(command, monkeypatch) -> dict[str, str]:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_shows_the_dataclass_defaults(command, monkeypatch):
-    cls, only, defaults, _ = COMMANDS[command]
+    cls, only, defaults, _, _ = COMMANDS[command]
     shown = _help_defaults(command, monkeypatch)
     for f in cli_fields(cls, only):
         default = field_default(f, defaults)
@@ -62,42 +86,56 @@ def test_help_defaults_are_the_documented_values(monkeypatch):
     tune = _help_defaults("tune", monkeypatch)
     assert (tune["--epochs"], tune["--patience"], tune["--out"]) == ("10", "3", "runs/tune")
     assert tune["--lr"] == "0.0001,0.001,0.01"
+    export = _help_defaults("export", monkeypatch)
+    assert (export["--out"], export["--version"], export["--tta"]) == (
+        "models/kitchenware",
+        "None",
+        "none",
+    )
+    prep = _help_defaults("prep", monkeypatch)
+    assert (prep["--val-frac"], prep["--near-dup-distance"], prep["--no-progress"]) == (
+        "0.2",
+        "24",
+        "False",
+    )
+    assert _help_defaults("sample-data", monkeypatch)["--per-class"] == "60"
 
 
-def _other_value(f, default):
+def _other_value(cls, f, default):
     """A valid value for `f` that differs from `default`, and its argv form."""
+    kind = value_type(typing.get_type_hints(cls)[f.name])
     choices = f.metadata.get("choices")
     if choices:
         value = next(c for c in choices if c != default)
-    elif isinstance(default, bool):
+    elif kind is bool:
         return not default, []
-    elif isinstance(default, int):
-        value = default + 3
-    elif isinstance(default, float):
+    elif kind is int:
+        value = (default or 0) + 3
+    elif kind is float:
         value = default * 2 + 0.5
     else:
-        value = f"other-{f.name}"
+        value = kind(f"other-{f.name}")
     return value, [str(value)]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_flag_round_trips(command):
-    cls, only, defaults, build = COMMANDS[command]
+    cls, only, _, build, required = COMMANDS[command]
     parser = build_parser(command)[0]
-    required = ["--data", "d", "--out", "o"]
     plain = build(parser.parse_args(required))
     for f in cli_fields(cls, only):
-        if f.name in ("data", "out"):
+        if flag_name(f.name) in required:
             continue
-        value, text = _other_value(f, getattr(plain, f.name))
-        flag = _switch(f, getattr(plain, f.name)) if isinstance(value, bool) else flag_name(f.name)
+        default = getattr(plain, f.name)
+        value, text = _other_value(cls, f, default)
+        flag = _switch(f, default) if isinstance(value, bool) else flag_name(f.name)
         if f.metadata.get("negatable") and value is False:
             flag = f"--no-{f.name.replace('_', '-')}"
         config = build(parser.parse_args([*required, flag, *text]))
         assert getattr(config, f.name) == value, flag
-        changed = {
-            k for k, v in dataclasses.asdict(config).items() if v != getattr(plain, k)
-        } - {"feature_cache"}  # tune derives it from --cached-features
+        changed = {k for k, v in dataclasses.asdict(config).items() if v != getattr(plain, k)} - {
+            "feature_cache"
+        }  # tune derives it from --cached-features
         assert changed <= {f.name}, (flag, changed)
 
 
@@ -134,9 +172,9 @@ def test_bad_number_is_argparses_clear_error(capsys):
     assert "argument --epochs: invalid int value: 'many'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", ["train", "tune"])
 def test_preset_fills_in_and_typed_flags_win(command):
-    _, _, _, build = COMMANDS[command]
+    build = COMMANDS[command][3]
     parser = build_parser(command)[0]
     tiny = build(parser.parse_args(["--data", "d", "--preset", "tiny"]))
     assert (tiny.backbone, tiny.size, tiny.weights, tiny.epochs) == ("mobilenet_v2", 71, "none", 2)
@@ -148,7 +186,9 @@ def test_preset_fills_in_and_typed_flags_win(command):
 
 def test_preset_switches_can_be_turned_back():
     parser = build_parser("train")[0]
-    assert config_from_args(parser.parse_args(["--data", "d", "--preset", "quick"])).augment is False
+    assert (
+        config_from_args(parser.parse_args(["--data", "d", "--preset", "quick"])).augment is False
+    )
     config = config_from_args(parser.parse_args(["--data", "d", "--preset", "quick", "--augment"]))
     assert config.augment is True and config.size == 96
 
