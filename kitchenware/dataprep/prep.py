@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from kitchenware.core.config import add_fields, from_args, option
 from kitchenware.core.errors import KitchenwareError
 from kitchenware.core.labels import CLASSES
 from kitchenware.dataprep.dedupe import HASH_BITS, fingerprint_files
@@ -50,22 +51,28 @@ def _default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--data", type=Path, required=True, help="Kaggle-layout folder")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--val-frac", type=float, default=0.2, help="validation fraction")
-    parser.add_argument("--seed", type=int, default=42, help="split seed")
-    parser.add_argument(
-        "--near-dup-distance",
-        type=int,
-        default=DEFAULT_NEAR_DUP_DISTANCE,
+@dataclass(kw_only=True)
+class PrepConfig:
+    """`kitchenware prep` options; prepare()'s keyword defaults are these where they agree."""
+
+    data: Path = option(help="Kaggle-layout folder")
+    out: Path = option(help="output folder")
+    val_frac: float = option(0.2, help="validation fraction")
+    seed: int = option(42, help="split seed")
+    near_dup_distance: int = option(
+        DEFAULT_NEAR_DUP_DISTANCE,
         help=f"max Hamming distance (of {HASH_BITS} bits) between near duplicates; -1 turns "
         "near-duplicate detection off",
     )
-    parser.add_argument("--workers", type=int, default=_default_workers(), help="hashing processes")
-    parser.add_argument("--copy", action="store_true", help="copy files instead of hard links")
-    parser.add_argument("--force", action="store_true", help="replace an existing --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # The command uses every core; prepare() called from Python uses one unless told.
+    workers: int = field(default_factory=_default_workers, metadata={"help": "hashing processes"})
+    copy: bool = option(False, help="copy files instead of hard links")
+    force: bool = option(False, help="replace an existing --out")
+    no_progress: bool = option(False, help="no progress bar")
+
+
+def add_arguments(parser) -> None:
+    add_fields(parser, PrepConfig)
 
 
 # --------------------------------------------------------------------------- output
@@ -168,12 +175,12 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
 def prepare(
     data: Path,
     out: Path,
-    val_frac: float = 0.2,
-    seed: int = 42,
-    near_dup_distance: int = DEFAULT_NEAR_DUP_DISTANCE,
+    val_frac: float = PrepConfig.val_frac,
+    seed: int = PrepConfig.seed,
+    near_dup_distance: int = PrepConfig.near_dup_distance,
     workers: int = 1,
-    force: bool = False,
-    copy: bool = False,
+    force: bool = PrepConfig.force,
+    copy: bool = PrepConfig.copy,
     progress: bool | Callable[[Iterable], Iterable] = False,
 ) -> Plan:
     """The whole step; returns the plan (report included) after OUT is in place.
@@ -236,16 +243,17 @@ def _prepare(data, out, val_frac, seed, near_dup_distance, workers, force, copy,
 
 
 def run(args) -> int:
+    c = from_args(PrepConfig, args)
     plan = prepare(
-        args.data,
-        args.out,
-        val_frac=args.val_frac,
-        seed=args.seed,
-        near_dup_distance=args.near_dup_distance,
-        workers=args.workers,
-        force=args.force,
-        copy=args.copy,
-        progress=not args.no_progress,
+        c.data,
+        c.out,
+        val_frac=c.val_frac,
+        seed=c.seed,
+        near_dup_distance=c.near_dup_distance,
+        workers=c.workers,
+        force=c.force,
+        copy=c.copy,
+        progress=not c.no_progress,
     )
-    print(summary(plan, args.data, args.out))
+    print(summary(plan, c.data, c.out))
     return 0

@@ -23,12 +23,13 @@ import csv
 import io
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from kitchenware.core.config import add_fields, from_args, option
 from kitchenware.core.errors import KitchenwareError
 from kitchenware.core.labels import CLASSES
 from kitchenware.dataprep.drawing import draw_photo, encode_photo
@@ -45,28 +46,25 @@ OUTPUT_FILES = (
 ASPECT = 3 / 4
 
 
+@dataclass(frozen=True)
+class SampleDataConfig:
+    """`kitchenware sample-data` options (OUT, positional, is added by hand); generate()'s too."""
+
+    per_class: int = option(60, help="train images per class")
+    size: int = option(256, help="long side in pixels (4:3)")
+    test_per_class: int = option(10, help="test images per class")
+    seed: int = option(42, help="random seed (same seed, same bytes)")
+    workers: int = option(1, help="processes drawing images")
+    force: bool = option(False, help="replace an earlier sample-data output")
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("out", type=Path, help="folder to write (Kaggle layout)")
-    parser.add_argument("--per-class", type=int, default=60, help="train images per class")
-    parser.add_argument("--size", type=int, default=256, help="long side in pixels (4:3)")
-    parser.add_argument("--test-per-class", type=int, default=10, help="test images per class")
-    parser.add_argument("--seed", type=int, default=42, help="random seed (same seed, same bytes)")
-    parser.add_argument("--workers", type=int, default=1, help="processes drawing images")
-    parser.add_argument(
-        "--force", action="store_true", help="replace an earlier sample-data output"
-    )
+    add_fields(parser, SampleDataConfig)
 
 
 def run(args) -> int:
-    summary = generate(
-        args.out,
-        per_class=args.per_class,
-        size=args.size,
-        test_per_class=args.test_per_class,
-        seed=args.seed,
-        workers=args.workers,
-        force=args.force,
-    )
+    summary = generate(args.out, **asdict(from_args(SampleDataConfig, args)))
     print(
         f"wrote {summary['train']} train + {summary['test']} test synthetic images "
         f"({summary['planted']} planted duplicates) to {args.out}"
@@ -162,12 +160,12 @@ def _clear(out: Path, force: bool) -> None:
 
 def generate(
     out: Path,
-    per_class: int = 60,
-    size: int = 256,
-    test_per_class: int = 10,
-    seed: int = 42,
-    workers: int = 1,
-    force: bool = False,
+    per_class: int = SampleDataConfig.per_class,
+    size: int = SampleDataConfig.size,
+    test_per_class: int = SampleDataConfig.test_per_class,
+    seed: int = SampleDataConfig.seed,
+    workers: int = SampleDataConfig.workers,
+    force: bool = SampleDataConfig.force,
 ) -> dict:
     """Write the data set; returns counts {'train', 'test', 'planted'}."""
     if per_class < 1 or test_per_class < 0:

@@ -9,16 +9,35 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from kitchenware.core.config import add_fields, from_args, option
 from kitchenware.core.errors import KitchenwareError
 from kitchenware.core.labels import CLASSES
 from kitchenware.training.data import IMAGE_SUFFIXES, Split, list_split, make_dataset
 from kitchenware.training.predict import TTA_MODES
 
 MAX_GRID = 36
+
+
+@dataclass(kw_only=True)  # keeps the options in --help order
+class EvaluateConfig:
+    """`kitchenware evaluate` options; evaluate()'s keyword defaults are these."""
+
+    model: str = option("runs/latest/best.keras", help="trained .keras file")
+    data: str = option(help="output folder of `kitchenware prep`")
+    split: str = option("val", help="split to evaluate: val, train, or test with --labels")
+    labels: str | None = option(None, help="CSV of Id,label answers for --split test")
+    tta: str = option(
+        "none",
+        help="test-time augmentation: flip = mean of image and mirror (as export --tta)",
+        choices=TTA_MODES,
+    )
+    out: str | None = option(None, help="report folder (default: next to the model)")
+    batch_size: int = option(32, help="images per prediction step")
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int = len(CLASSES)) -> np.ndarray:
@@ -176,10 +195,10 @@ def plot_misclassified(items: list[dict], path: Path, size: int) -> None:
 def evaluate(
     model_path,
     data,
-    split: str = "val",
+    split: str = EvaluateConfig.split,
     out=None,
-    batch_size: int = 32,
-    tta: str = "none",
+    batch_size: int = EvaluateConfig.batch_size,
+    tta: str = EvaluateConfig.tta,
     labels=None,
 ) -> dict:
     """Evaluate and write the report files; returns the report dict.
@@ -259,27 +278,13 @@ def format_report(report: dict) -> str:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="runs/latest/best.keras", help="trained .keras file")
-    parser.add_argument("--data", required=True, help="output folder of `kitchenware prep`")
-    parser.add_argument(
-        "--split", default="val", help="split to evaluate: val, train, or test with --labels"
-    )
-    parser.add_argument("--labels", default=None, help="CSV of Id,label answers for --split test")
-    parser.add_argument(
-        "--tta",
-        default="none",
-        choices=TTA_MODES,
-        help="test-time augmentation: flip = mean of image and mirror (as export --tta)",
-    )
-    parser.add_argument("--out", default=None, help="report folder (default: next to the model)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    add_fields(parser, EvaluateConfig)
 
 
 def run(args) -> int:
-    if args.batch_size < 1:
+    c = from_args(EvaluateConfig, args)
+    if c.batch_size < 1:
         raise KitchenwareError("--batch-size must be at least 1")
-    report = evaluate(
-        args.model, args.data, args.split, args.out, args.batch_size, args.tta, args.labels
-    )
+    report = evaluate(c.model, c.data, c.split, c.out, c.batch_size, c.tta, c.labels)
     print(format_report(report))
     return 0

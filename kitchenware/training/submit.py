@@ -10,15 +10,27 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from kitchenware.core.config import add_fields, from_args, option
 from kitchenware.core.errors import KitchenwareError
 from kitchenware.core.images import load_image
 from kitchenware.core.labels import CLASSES
 
 SHOW_AT_MOST = 10
+
+
+@dataclass(kw_only=True)  # keeps the options in --help order
+class SubmitConfig:
+    """`kitchenware submit` options."""
+
+    model: str = option("runs/latest/best.keras", help="trained .keras file")
+    data: str = option(help="Kaggle folder: images/, test.csv[, sample_submission.csv]")
+    out: str = option("submission.csv", help="submission file to write")
+    batch_size: int = option(32, help="images per prediction step")
 
 
 def read_ids(path: Path) -> list[str]:
@@ -108,7 +120,7 @@ def write_submission(path: Path, header: list[str], ids: list[str], labels: list
     os.replace(tmp, path)
 
 
-def submit(model_path, kaggle_dir, out, batch_size: int = 32) -> Path:
+def submit(model_path, kaggle_dir, out, batch_size: int = SubmitConfig.batch_size) -> Path:
     kaggle = Path(kaggle_dir)
     if not kaggle.is_dir():
         raise KitchenwareError(f"Kaggle folder not found: {kaggle}")
@@ -123,17 +135,13 @@ def submit(model_path, kaggle_dir, out, batch_size: int = 32) -> Path:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="runs/latest/best.keras", help="trained .keras file")
-    parser.add_argument(
-        "--data", required=True, help="Kaggle folder: images/, test.csv[, sample_submission.csv]"
-    )
-    parser.add_argument("--out", default="submission.csv")
-    parser.add_argument("--batch-size", type=int, default=32)
+    add_fields(parser, SubmitConfig)
 
 
 def run(args) -> int:
-    if args.batch_size < 1:
+    c = from_args(SubmitConfig, args)
+    if c.batch_size < 1:
         raise KitchenwareError("--batch-size must be at least 1")
-    path = submit(args.model, args.data, args.out, args.batch_size)
+    path = submit(c.model, c.data, c.out, c.batch_size)
     print(f"wrote {path}")
     return 0

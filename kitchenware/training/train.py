@@ -10,13 +10,13 @@ parent folder gets a `latest` link to RUN (so runs/latest/best.keras works).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from kitchenware.core.config import add_fields, from_args, option
 from kitchenware.core.contract import DEFAULT_IMAGE_SIZE
 from kitchenware.core.errors import KitchenwareError
 from kitchenware.core.labels import CLASSES
@@ -28,6 +28,7 @@ from kitchenware.training.model import (
     check_weights,
     get_backbone,
 )
+from kitchenware.training.presets import PRESETS, add_preset_argument, preset_overrides
 
 BEST_MODEL = "best.keras"
 CLASS_WEIGHTINGS = ("none", "balanced")
@@ -36,31 +37,46 @@ LATEST_LINK = "latest"
 
 @dataclass
 class TrainConfig:
-    """Every training option; saved verbatim as RUN/config.json."""
+    """Every training option; saved verbatim as RUN/config.json. Its CLI is generated from it."""
 
-    data: str
-    out: str
-    backbone: str = "xception"
-    size: int = DEFAULT_IMAGE_SIZE
-    weights: str = "imagenet"
-    lr: float = 1e-3
-    inner: int = 100
-    dropout: float = 0.2
-    augment: bool = True
-    epochs: int = 20
-    batch_size: int = 32
-    seed: int = 42
-    patience: int = 5
-    fine_tune_layers: int = 0
-    fine_tune_lr: float = 1e-5
-    fine_tune_epochs: int = 10
-    mixed_precision: bool = False
-    cache: bool = True
-    class_weights: str = "none"
-    cached_features: bool = False
-    feature_cache: str | None = None
-    verbose: int = 1
-    classes: list[str] = field(default_factory=lambda: list(CLASSES))
+    data: str = option(help="output folder of `kitchenware prep`")
+    out: str = option(help="run folder (default: runs/<timestamp>)", cli_default=None)
+    backbone: str = option("xception", help="pretrained architecture", choices=sorted(BACKBONES))
+    size: int = option(DEFAULT_IMAGE_SIZE, help="square input size in pixels")
+    weights: str = option(
+        "imagenet",
+        help="'imagenet' (downloaded by Keras on first use), 'none' (from scratch) "
+        "or a local weights file of the headless backbone",
+    )
+    lr: float = option(1e-3, help="Adam learning rate")
+    inner: int = option(100, help="inner dense size (0 = none)")
+    dropout: float = option(0.2, help="dropout rate before the logits")
+    augment: bool = option(True, help="random flip/rotate/zoom/shift/contrast", negatable=True)
+    epochs: int = option(20, help="stage-1 epochs (upper bound)")
+    batch_size: int = option(32, help="images per training step")
+    seed: int = option(42, help="seed of weights, shuffling and augmentation")
+    patience: int = option(5, help="early stopping on val accuracy")
+    fine_tune_layers: int = option(0, help="stage 2: unfreeze the top N backbone layers")
+    fine_tune_lr: float = option(1e-5, help="stage-2 learning rate")
+    fine_tune_epochs: int = option(10, help="stage-2 epochs (upper bound)")
+    mixed_precision: bool = option(False, help="float16 compute (needs a GPU)")
+    cache: bool = option(True, help="do not keep decoded images in memory")
+    class_weights: str = option(
+        "none",
+        help="'balanced' weighs each class's loss by N / (classes * count): rare classes "
+        "(glass) count as much as common ones",
+        choices=CLASS_WEIGHTINGS,
+    )
+    cached_features: bool = option(
+        False,
+        help="stage 1 trains the head on backbone features computed once (needs pretrained "
+        "--weights and --no-augment)",
+    )
+    feature_cache: str | None = option(
+        None, help="keep those features on disk in DIR and reuse them in later runs", metavar="DIR"
+    )
+    verbose: int = option(1, help="Keras verbosity", choices=(0, 1, 2))
+    classes: list[str] = field(default_factory=lambda: list(CLASSES), metadata={"cli": False})
 
 
 @dataclass
@@ -79,77 +95,21 @@ def default_run_dir() -> str:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--data", required=True, help="output folder of `kitchenware prep`")
-    parser.add_argument("--out", default=None, help="run folder (default: runs/<timestamp>)")
-    parser.add_argument(
-        "--backbone", default="xception", choices=sorted(BACKBONES), help="pretrained architecture"
-    )
-    parser.add_argument(
-        "--size", type=int, default=DEFAULT_IMAGE_SIZE, help="square input size in pixels"
-    )
-    parser.add_argument(
-        "--weights",
-        default="imagenet",
-        help="'imagenet' (downloaded by Keras on first use), 'none' (from scratch) "
-        "or a local weights file of the headless backbone",
-    )
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    parser.add_argument("--inner", type=int, default=100, help="inner dense size (0 = none)")
-    parser.add_argument("--dropout", type=float, default=0.2, help="dropout rate before the logits")
-    parser.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="random flip/rotate/zoom/shift/contrast",
-    )
-    parser.add_argument("--epochs", type=int, default=20, help="stage-1 epochs (upper bound)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--patience", type=int, default=5, help="early stopping on val accuracy")
-    parser.add_argument(
-        "--fine-tune-layers",
-        type=int,
-        default=0,
-        help="stage 2: unfreeze the top N backbone layers",
-    )
-    parser.add_argument("--fine-tune-lr", type=float, default=1e-5)
-    parser.add_argument("--fine-tune-epochs", type=int, default=10)
-    parser.add_argument(
-        "--mixed-precision", action="store_true", help="float16 compute (needs a GPU)"
-    )
-    parser.add_argument(
-        "--no-cache",
-        dest="cache",
-        action="store_false",
-        help="do not keep decoded images in memory",
-    )
-    parser.add_argument(
-        "--class-weights",
-        default="none",
-        choices=CLASS_WEIGHTINGS,
-        help="'balanced' weighs each class's loss by N / (classes * count): rare classes "
-        "(glass) count as much as common ones",
-    )
-    parser.add_argument(
-        "--cached-features",
-        action="store_true",
-        help="stage 1 trains the head on backbone features computed once (needs pretrained "
-        "--weights and --no-augment)",
-    )
-    parser.add_argument(
-        "--feature-cache",
-        default=None,
-        metavar="DIR",
-        help="keep those features on disk in DIR and reuse them in later runs",
-    )
-    parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras verbosity")
+    add_preset_argument(parser)
+    add_fields(parser, TrainConfig)
 
 
 def config_from_args(args) -> TrainConfig:
-    values = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-    if values.get("out") is None:
-        values["out"] = default_run_dir()
-    return TrainConfig(**values)
+    """The config from the command line: typed flags, then --preset, then the defaults."""
+    config = from_args(TrainConfig, args, base=preset_overrides(args))
+    if config.out is None:
+        config.out = default_run_dir()
+    return config
+
+
+def preset_config(name: str, **fields) -> TrainConfig:
+    """TrainConfig of preset `name` (see kitchenware.training.presets) with `fields` changed."""
+    return TrainConfig(**{**PRESETS[name], **fields})
 
 
 def validate(config: TrainConfig):

@@ -18,9 +18,10 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from kitchenware.core.contract import DEFAULT_IMAGE_SIZE
+from kitchenware.core.config import add_fields, from_args
 from kitchenware.core.errors import KitchenwareError
-from kitchenware.training.train import BEST_MODEL, CLASS_WEIGHTINGS, TrainConfig, train, validate
+from kitchenware.training.presets import add_preset_argument, preset_overrides
+from kitchenware.training.train import BEST_MODEL, TrainConfig, train, validate
 
 FIELDS = [
     "trial",
@@ -181,55 +182,57 @@ def tune(base: TrainConfig, params: list[dict], out: Path) -> list[dict]:
     return rows
 
 
+# TrainConfig fields tune takes as flags (the grid flags replace lr, inner, dropout, augment).
+BASE_FIELDS = (
+    "data",
+    "out",
+    "backbone",
+    "size",
+    "weights",
+    "epochs",
+    "batch_size",
+    "seed",
+    "patience",
+    "class_weights",
+    "cached_features",
+    "feature_cache",
+    "verbose",
+)
+# Shorter trials than one `kitchenware train`: a grid trains many.
+TUNE_DEFAULTS = {"out": "runs/tune", "epochs": 10, "patience": 3, "verbose": 2}
+TUNE_HELP = {
+    "out": "folder for trials and results",
+    "cached_features": "train heads on backbone features computed once (needs --augment off)",
+    "feature_cache": "features shared by all trials (default with --cached-features: OUT/features)",
+}
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--data", required=True, help="output folder of `kitchenware prep`")
-    parser.add_argument("--out", default="runs/tune", help="folder for trials and results")
+    def add_base(names):
+        add_fields(parser, TrainConfig, only=names, defaults=TUNE_DEFAULTS, help=TUNE_HELP)
+
+    add_preset_argument(parser)
+    add_base(BASE_FIELDS[:2])  # --data, --out
     parser.add_argument("--lr", default="0.0001,0.001,0.01", help="learning rates")
     parser.add_argument("--inner", default="0,10,100", help="inner layer sizes (0 = none)")
     parser.add_argument("--dropout", default="0,0.2,0.5", help="dropout rates")
     parser.add_argument("--augment", default="on,off", help="augmentation on/off")
-    parser.add_argument("--backbone", default="xception")
-    parser.add_argument("--size", type=int, default=DEFAULT_IMAGE_SIZE)
-    parser.add_argument("--weights", default="imagenet", help="imagenet, none or a weights file")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--patience", type=int, default=3)
-    parser.add_argument("--class-weights", default="none", choices=CLASS_WEIGHTINGS)
-    parser.add_argument(
-        "--cached-features",
-        action="store_true",
-        help="train heads on backbone features computed once (needs --augment off)",
-    )
-    parser.add_argument(
-        "--feature-cache",
-        default=None,
-        metavar="DIR",
-        help="features shared by all trials (default with --cached-features: OUT/features)",
-    )
-    parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
+    add_base(BASE_FIELDS[2:])
+
+
+def base_config(args) -> TrainConfig:
+    """Every trial's settings but the grid's: typed flags, then --preset, then tune's defaults."""
+    base = from_args(TrainConfig, args, only=BASE_FIELDS, base=preset_overrides(args))
+    if base.cached_features and not base.feature_cache:
+        base.feature_cache = str(Path(base.out) / "features")
+    return base
 
 
 def run(args) -> int:
     params = grid(
         _floats(args.lr), _ints(args.inner), _floats(args.dropout), _switches(args.augment)
     )
-    base = TrainConfig(
-        data=args.data,
-        out=args.out,
-        backbone=args.backbone,
-        size=args.size,
-        weights=args.weights,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        patience=args.patience,
-        class_weights=args.class_weights,
-        cached_features=args.cached_features,
-        feature_cache=args.feature_cache
-        or (str(Path(args.out) / "features") if args.cached_features else None),
-        verbose=args.verbose,
-    )
+    base = base_config(args)
     out = Path(args.out)
     rows = tune(base, params, out)
     best = max(rows, key=lambda r: r["best_val_accuracy"])

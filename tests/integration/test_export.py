@@ -13,8 +13,9 @@ from kitchenware.core.labels import CLASSES
 from kitchenware.export.layout import next_version
 from kitchenware.export.savedmodel import export_saved_model
 from kitchenware.training.model import load_keras_model
+from kitchenware.training.presets import PRESETS
 
-SIZE = 71
+SIZE = PRESETS["tiny"]["size"]  # the tiny preset: what mini_run trains
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from kitchenware.core.errors import KitchenwareError
 from kitchenware.core.labels import CLASSES
 from kitchenware.export.cli import parse_formats
 from kitchenware.export.tflite import CLASSES_FILE, MODEL_FILE, predict, tflite_base
+from kitchenware.training.presets import PRESETS
 
-SIZE = 71
+SIZE = PRESETS["tiny"]["size"]  # the tiny preset: what mini_run trains
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,9 @@ from kitchenware.core.labels import CLASSES
 from kitchenware.training.data import list_split, load_pixels, make_dataset
 from kitchenware.training.evaluate import confusion_matrix, per_class_metrics
 from kitchenware.training.model import load_keras_model
+from kitchenware.training.presets import PRESETS
 
-SIZE = 71
+SIZE = PRESETS["tiny"]["size"]
 
 # One clearly different colour per class: a from-scratch CNN learns these in a
 # few epochs, so "learning happens" is checked in seconds, not minutes.
@@ -62,12 +63,11 @@ def disc_prep(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def disc_run(disc_prep, tmp_path_factory):
-    """Xception from scratch, 5 epochs on the disc set (through the CLI, as a user runs it)."""
+    """Xception from scratch (the demo's preset), 5 epochs on the disc set, through the CLI."""
     runs = tmp_path_factory.mktemp("disc-runs")
     args = [
-        "train", "--data", str(disc_prep), "--out", str(runs / "discs"), "--size", str(SIZE),
-        "--weights", "none", "--inner", "0", "--dropout", "0", "--no-augment", "--epochs", "5",
-        "--batch-size", "8", "--patience", "10", "--verbose", "2",
+        "train", "--data", str(disc_prep), "--out", str(runs / "discs"), "--preset", "quick",
+        "--size", str(SIZE), "--epochs", "5", "--batch-size", "8", "--patience", "10",
     ]  # fmt: skip
     assert main(args) == 0
     return runs / "discs"
@@ -199,15 +199,14 @@ def test_fine_tune_unfreezes_only_the_top_layers(sample_prep, tmp_path):
     import keras
 
     from kitchenware.training.model import build_backbone
-    from kitchenware.training.train import TrainConfig, train
+    from kitchenware.training.train import preset_config, train
 
     weights = tmp_path / "mobilenet_v2_notop.weights.h5"
     build_backbone("mobilenet_v2", SIZE, "none").save_weights(weights)
     reference = build_backbone("mobilenet_v2", SIZE, str(weights))
-    config = TrainConfig(
-        data=str(sample_prep), out=str(tmp_path / "ft"), backbone="mobilenet_v2", size=SIZE,
-        weights=str(weights), inner=0, epochs=1, batch_size=16, fine_tune_layers=6,
-        fine_tune_lr=1e-2, fine_tune_epochs=1, verbose=0,
+    config = preset_config(
+        "tiny", data=str(sample_prep), out=str(tmp_path / "ft"), weights=str(weights), inner=0,
+        epochs=1, fine_tune_layers=6, fine_tune_lr=1e-2, fine_tune_epochs=1, verbose=0,
     )  # fmt: skip
     result = train(config)
     assert result.history["stage"] == [1, 2] and result.history["epoch"] == [1, 2]
@@ -238,20 +237,7 @@ def test_fine_tune_unfreezes_only_the_top_layers(sample_prep, tmp_path):
 
 
 def _train_cli(data, out, *extra):
-    return main(
-        [
-            "train",
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--size",
-            str(SIZE),
-            "--weights",
-            "none",
-            *extra,
-        ]
-    )
+    return main(["train", "--data", str(data), "--out", str(out), "--preset", "tiny", *extra])
 
 
 def test_train_refuses_missing_and_empty_prep(tmp_path, capsys):
@@ -292,21 +278,7 @@ def test_train_refuses_weights_of_another_backbone(disc_prep, tmp_path, capsys):
     weights = tmp_path / "mobilenet.weights.h5"
     build_backbone("mobilenet_v2", 32, "none").save_weights(weights)
     args = ["--backbone", "xception", "--weights", str(weights)]
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(disc_prep),
-                "--out",
-                str(tmp_path / "r"),
-                "--size",
-                str(SIZE),
-                *args,
-            ]
-        )
-        == 2
-    )
+    assert _train_cli(disc_prep, tmp_path / "r", *args) == 2
     err = capsys.readouterr().err
     assert "does not fit the xception backbone" in err
     assert not (tmp_path / "r" / "best.keras").exists()
@@ -328,9 +300,9 @@ def test_mixed_precision_needs_a_gpu(disc_prep, tmp_path, capsys):
 def test_tune_grid_writes_results_and_resumes(sample_prep, tmp_path, capsys):
     out = tmp_path / "tune"
     args = [
-        "tune", "--data", str(sample_prep), "--out", str(out), "--lr", "0.001,0.01", "--inner", "0,8",
-        "--dropout", "0", "--augment", "off", "--backbone", "mobilenet_v2", "--size", str(SIZE),
-        "--weights", "none", "--epochs", "1", "--batch-size", "32", "--verbose", "0",
+        "tune", "--data", str(sample_prep), "--out", str(out), "--preset", "tiny", "--lr",
+        "0.001,0.01", "--inner", "0,8", "--dropout", "0", "--augment", "off", "--epochs", "1",
+        "--batch-size", "32", "--verbose", "0",
     ]  # fmt: skip
     # a trial interrupted earlier (folder without history.json) is trained again from scratch
     interrupted = out / "trials" / "lr0.01_inner8_dropout0_augoff"
@@ -381,7 +353,7 @@ def test_tune_checks_every_grid_value_before_training(disc_prep, tmp_path, capsy
     out = tmp_path / "tune"
     args = [
         "tune", "--data", str(disc_prep), "--out", str(out), "--lr", "0.001", "--inner", "0",
-        "--dropout", "0,1.5", "--augment", "off", "--size", str(SIZE), "--weights", "none",
+        "--dropout", "0,1.5", "--augment", "off", "--preset", "tiny",
     ]  # fmt: skip
     assert main(args) == 2
     assert "--dropout must be in [0, 1), got 1.5" in capsys.readouterr().err

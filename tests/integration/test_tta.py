@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support.paths import TINY_SIZE as SIZE
 
 from kitchenware.core.errors import KitchenwareError
-
-SIZE = 71
 
 
 @pytest.fixture(scope="module")
