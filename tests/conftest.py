@@ -76,24 +76,10 @@ def tiny_run(sample_prep, tmp_path_factory):
 
     Returns kitchenware.training.train.TrainResult (run folder, best.keras, history, in-memory model).
     """
-    from kitchenware.training.train import TrainConfig, train
+    from kitchenware.training.train import preset_config, train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    config = TrainConfig(
-        data=str(sample_prep),
-        out=str(out),
-        backbone="mobilenet_v2",
-        size=TINY_SIZE,
-        weights="none",
-        inner=16,
-        dropout=0.0,
-        augment=True,
-        epochs=2,
-        batch_size=16,
-        patience=10,
-        verbose=0,
-    )
-    return train(config)
+    return train(preset_config("tiny", data=str(sample_prep), out=str(out), verbose=0))
 
 
 # --- real photos ---

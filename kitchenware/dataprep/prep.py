@@ -31,6 +31,7 @@ import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kitchenware.core.config import add_fields, from_args, option

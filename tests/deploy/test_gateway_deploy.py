@@ -28,9 +28,10 @@ from support.deploy_tools import (
     expand_args,
     makefile_variable,
 )
-from support.paths import REPO, free_port
+from support.paths import REPO
 
 from kitchenware.core.contract import GATEWAY_PORT, GRPC_PORT
+from kitchenware.tools.stack import free_port
 
 # ------------------------------------------------------------ the gateway --
 

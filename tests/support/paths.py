@@ -11,12 +11,12 @@ from pathlib import Path
 
 from kitchenware.tools.benchlib import MINI_DATA as MINI_DATA
 from kitchenware.tools.stack import Gateway
-from kitchenware.tools.stack import free_port as free_port  # tests/deploy imports it from here
+from kitchenware.training.presets import PRESETS
 
 REPO = Path(__file__).resolve().parents[2]
 NETGUARD = REPO / "tests" / "support" / "netguard"
 # Tiny sizes keep TensorFlow tests fast on 2 CPU cores (Xception's minimum is 71).
-TINY_SIZE = 71
+TINY_SIZE = PRESETS["tiny"]["size"]
 # Small enough for 2 CPU cores, big enough that ImageNet features separate the classes.
 PRETRAINED_SIZE = 112
 PRETRAINED_FINE_TUNE_LAYERS = 12
