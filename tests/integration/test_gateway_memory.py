@@ -1,0 +1,76 @@
+"""Decompression bombs against the real gateway under the memory limit its manifest sets.
+
+Tiny GIF/PNG/WebP files that declare 40-megapixel canvases used to make each
+worker peak at ~800 MB while decoding: under the 512 MiB limit every one was
+answered by an OOM-killed worker, taking concurrent requests with it. Here
+gunicorn (2 workers x 4 threads, as deployed) runs in a memory cgroup with the
+manifest's limit and gets bombs and photos at once: every request must get an
+HTTP answer, no worker may die, and the cgroup must never hit its limit.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from support.cgroup import MemoryCgroup
+from support.paths import REPO, guarded_gateway
+
+from kitchenware.tools.bombs import animated_webp, gif_screen, palette_png
+from kitchenware.tools.stack import ModelServer
+
+
+def manifest_memory_limit() -> int:
+    text = (REPO / "kube-config" / "base" / "gateway-deployment.yaml").read_text()
+    limits = text.split("limits:", 1)[1]
+    return int(re.search(r"memory:\s*(\d+)Mi", limits).group(1)) * 2**20
+
+
+@pytest.mark.slow
+def test_bombs_and_photos_at_once_under_the_gateway_memory_limit(
+    exported_model, sample_photos, tmp_path
+):
+    reason = MemoryCgroup.unavailable()
+    if reason:
+        pytest.skip(reason)
+    base = tmp_path / "models" / "kitchenware"
+    shutil.copytree(exported_model, base)
+    limit = manifest_memory_limit()
+    bombs = {"gif": gif_screen(), "png": palette_png(), "webp": animated_webp()}
+    requests_to_send = (
+        [("gif", bombs["gif"])] * 8
+        + [("png", bombs["png"])] * 8
+        + [("webp", bombs["webp"])] * 4
+        + [("photo", p.read_bytes()) for p in sample_photos[:8]]
+    )
+    with ModelServer(base, tmp_path) as server:
+        server.wait_ready()
+        gateway = guarded_gateway(
+            tmp_path, {"TF_SERVING_HOST": server.target, "GRPC_TIMEOUT": "30"}, workers=2
+        )
+        with gateway, MemoryCgroup("kitchenware-gateway", limit) as cgroup:
+            gateway.wait_ready()
+            workers = sorted(gateway.worker_pids())
+            assert len(workers) == 2
+            for pid in [gateway.pid, *workers]:
+                cgroup.add(pid)
+
+            def send(item):
+                kind, data = item
+                response = requests.post(f"{gateway.url}/predict", data=data, timeout=120,
+                                         headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+                return kind, response.status_code
+
+            with ThreadPoolExecutor(12) as pool:
+                answers = list(pool.map(send, requests_to_send * 2))
+            peak, kills = cgroup.peak_bytes(), cgroup.oom_kills()
+            assert sorted(gateway.worker_pids()) == workers, "a worker died and was replaced"
+    by_kind = {}
+    for kind, status in answers:
+        by_kind.setdefault(kind, set()).add(status)
+    assert by_kind == {"gif": {200}, "png": {200}, "webp": {413}, "photo": {200}}
+    assert kills == 0
+    assert peak < limit
