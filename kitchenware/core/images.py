@@ -122,6 +122,20 @@ def _rgb_reduced(img: Image.Image, factor: int) -> Image.Image:
     return out
 
 
+def _may_rotate(img: Image.Image) -> bool:
+    """Whether EXIF may ask for a rotation, read without decoding any pixels.
+
+    Only a JPEG's EXIF sits in its header (Pillow's PNG `getexif` decodes the
+    whole image first); elsewhere any EXIF block counts as a rotation.
+    """
+    if img.format != "JPEG":
+        return "exif" in img.info
+    try:
+        return img.getexif().get(0x0112, 1) != 1
+    except Exception:  # a damaged EXIF block: assume the costly case, decoding will tell
+        return True
+
+
 def decode_bytes(img: Image.Image, size: int | None = None) -> int:
     """Memory `load_image` will need for an opened (not yet loaded) image, from its header.
 
@@ -132,7 +146,7 @@ def decode_bytes(img: Image.Image, size: int | None = None) -> int:
     pixels = width * height
     frame = pixels * _FRAME_BYTES.get(img.mode, 4)
     decoder = pixels * _DECODER_BYTES.get(img.format, _OTHER_DECODER_BYTES)
-    if img.getexif().get(0x0112, 1) != 1:
+    if _may_rotate(img):
         frame *= 2  # the transposed copy
     factor = reduction_factor(width, height, size)
     result = -(-width // factor) * -(-height // factor) * (4 + 3)
@@ -142,9 +156,12 @@ def decode_bytes(img: Image.Image, size: int | None = None) -> int:
 def decode_estimate(source: ImageSource, size: int | None = None) -> int:
     """What `load_image(source, size)` will need, in bytes, read from the header only."""
     with _open(source) as img:
-        if size is not None and img.format == "JPEG":
-            img.draft("RGB", (size, size))
-        return decode_bytes(img, size)
+        try:
+            if size is not None and img.format == "JPEG":
+                img.draft("RGB", (size, size))
+            return decode_bytes(img, size)
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise ImageError(f"cannot read image: {exc}") from exc
 
 
 def image_size(source: ImageSource) -> tuple[int, int]:

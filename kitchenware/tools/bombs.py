@@ -19,6 +19,8 @@ import zlib
 
 from PIL import Image
 
+from kitchenware.core.contract import DEFAULT_IMAGE_SIZE
+
 SIDE = 6324
 
 
@@ -89,7 +91,9 @@ def measure(data: bytes, size: int, max_decode_bytes: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=299, help="decode size, as the gateway asks")
+    parser.add_argument(
+        "--size", type=int, default=DEFAULT_IMAGE_SIZE, help="decode size, as the gateway asks"
+    )
     parser.add_argument(
         "--max-decode-bytes", type=int, default=160 * 2**20, help="the gateway's MAX_DECODE_BYTES"
     )

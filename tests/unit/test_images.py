@@ -249,3 +249,13 @@ def test_strips_give_the_pixels_of_converting_and_reducing_the_whole_image(
     whole = images._to_rgb(img)
     whole = whole.reduce(factor) if factor > 1 else whole
     assert np.array_equal(np.asarray(images._rgb_reduced(img, factor)), np.asarray(whole))
+
+
+def test_the_estimate_decodes_no_pixels_even_of_a_broken_png():
+    from kitchenware.core.images import decode_estimate
+
+    data = _save(_two_tone(400, 300), "PNG")
+    truncated = data[: len(data) // 2]  # header and half the pixel data
+    assert decode_estimate(truncated, 32) > 400 * 300  # read from the header alone
+    with pytest.raises(ImageError):
+        load_image(truncated, size=32)
