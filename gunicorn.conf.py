@@ -66,6 +66,13 @@ def on_starting(server):
         stale.unlink()
 
 
+def post_fork(server, worker):
+    # Freed decode buffers go back to the OS (see the function), in each worker.
+    from kitchenware.gateway.budget import return_freed_memory_to_the_os
+
+    return_freed_memory_to_the_os()
+
+
 def child_exit(server, worker):
     """Drop a dead worker's live samples (counters and histograms are kept)."""
     from prometheus_client import multiprocess

@@ -20,7 +20,7 @@ from support.cgroup import MemoryCgroup
 from support.paths import REPO, guarded_gateway
 
 from kitchenware.tools.bombs import animated_webp, gif_screen, palette_png
-from kitchenware.tools.stack import ModelServer
+from kitchenware.tools.stack import ModelServer, rss_kb
 
 
 def manifest_memory_limit() -> int:
@@ -74,3 +74,29 @@ def test_bombs_and_photos_at_once_under_the_gateway_memory_limit(
     assert by_kind == {"gif": {200}, "png": {200}, "webp": {413}, "photo": {200}}
     assert kills == 0
     assert peak < limit
+
+
+@pytest.mark.slow
+def test_a_worker_gives_decode_memory_back_after_the_bombs(exported_model, tmp_path):
+    """glibc keeps big freed buffers unless told otherwise (gunicorn.conf.py's post_fork):
+    without that, each worker kept ~200 MB after a few bombs, twice its baseline."""
+    base = tmp_path / "models" / "kitchenware"
+    shutil.copytree(exported_model, base)
+    with ModelServer(base, tmp_path) as server:
+        gateway = guarded_gateway(
+            tmp_path, {"TF_SERVING_HOST": server.target, "GRPC_TIMEOUT": "30"}, workers=1
+        )
+        with gateway:
+            gateway.wait_ready()
+            (worker,) = gateway.worker_pids()
+            baseline = rss_kb(worker)
+
+            def send(data):
+                return requests.post(f"{gateway.url}/predict", data=data, timeout=120,
+                                     headers={"Content-Type": "image/gif"}).status_code  # fmt: skip
+
+            with ThreadPoolExecutor(4) as pool:
+                statuses = list(pool.map(send, [gif_screen(), palette_png()] * 4))
+            after = rss_kb(worker)
+    assert statuses == [200] * 8
+    assert after - baseline < 60 * 1024, f"worker RSS {baseline // 1024} -> {after // 1024} MB"
