@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TFS_API := tensorflow-serving-api==2.21.0
 DEMO_DIR ?= demo
 
-.PHONY: help venv gateway-venv system-deps test test-fast lint demo serve lock clean bench \
+.PHONY: help venv gateway-venv system-deps test test-fast lint demo serve skew-check lock clean bench \
 	load load-sweep faults
 
 help:
@@ -67,6 +67,12 @@ lint: venv
 
 demo: venv
 	$(BIN)/python -m kitchenware.tools.demo --dir $(DEMO_DIR)
+
+# Load an export with the serving image's TensorFlow (image-model.dockerfile's
+# TF_SERVING_VERSION) in a cached throw-away venv; the tests run the same check.
+MODEL_BASE ?= models/kitchenware
+skew-check: venv
+	$(BIN)/python -m kitchenware.tools.skew $(MODEL_BASE)
 
 serve: venv
 	$(BIN)/python -m kitchenware.tools.serve

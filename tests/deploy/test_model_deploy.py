@@ -71,7 +71,9 @@ def test_model_dockerfile_copies_what_export_writes():
     assert server_base == export_out
     assert "models/kitchenware/$(MODEL_VERSION)/saved_model.pb" in MAKEFILE.read_text()
     from_line = dockerfile_values(MODEL_DOCKERFILE, "FROM")
-    assert len(from_line) == 1 and re.fullmatch(r"tensorflow/serving:\d+\.\d+\.\d+", from_line[0])
+    assert from_line == ["tensorflow/serving:${TF_SERVING_VERSION}"]
+    # a pinned release, the same one the version-skew check loads exports with
+    assert re.fullmatch(r"\d+\.\d+\.\d+", args["TF_SERVING_VERSION"])
 
 
 @pytest.mark.slow
