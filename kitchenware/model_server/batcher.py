@@ -43,6 +43,10 @@ class BatchStats:
     def __init__(self):
         self._lock = threading.Lock()
         self.requests = 0
+        # Every Predict RPC received and every one refused for a full queue: what a
+        # client's retries cost the server shows as predict_calls above requests sent.
+        self.predict_calls = 0
+        self.queue_full = 0
         self.in_flight = 0
         self.batches = 0
         self.rows = 0
@@ -53,12 +57,19 @@ class BatchStats:
     def enter(self) -> None:
         """A Predict call started (shown as `in_flight` until `leave`)."""
         with self._lock:
+            self.predict_calls += 1
             self.in_flight += 1
         self.changed.set()
 
     def leave(self) -> None:
         with self._lock:
             self.in_flight -= 1
+        self.changed.set()
+
+    def refused(self) -> None:
+        """A Predict call was refused because the batch queue was full."""
+        with self._lock:
+            self.queue_full += 1
         self.changed.set()
 
     def record(self, requests: int, rows: int) -> None:
@@ -74,6 +85,8 @@ class BatchStats:
         with self._lock:
             return {
                 "in_flight": self.in_flight,
+                "predict_calls": self.predict_calls,
+                "queue_full": self.queue_full,
                 "requests": self.requests,
                 "batches": self.batches,
                 "rows": self.rows,

@@ -89,6 +89,13 @@ def add_arguments(parser) -> None:
         help="serve this many newest versions (TF Serving's latest{num_versions})",
     )
     parser.add_argument(
+        "--warmup-iterations",
+        type=int,
+        default=1,
+        help="run each warm-up record this many times "
+        "(TF Serving's ModelWarmupOptions.num_request_iterations)",
+    )
+    parser.add_argument(
         "--max-message-bytes",
         type=int,
         default=MAX_MESSAGE_BYTES,
@@ -142,6 +149,8 @@ def _check_args(args) -> None:
         raise KitchenwareError(f"--grpc-threads must be >= 1, got {args.grpc_threads}")
     if args.poll_seconds < 0:
         raise KitchenwareError(f"--poll-seconds must be >= 0, got {args.poll_seconds}")
+    if args.warmup_iterations < 1:
+        raise KitchenwareError(f"--warmup-iterations must be >= 1, got {args.warmup_iterations}")
 
 
 def run(args) -> int:
@@ -176,6 +185,7 @@ def run(args) -> int:
         batching=config if args.batching else None,
         stats=stats,
         on_change=on_versions_changed,
+        warmup_iterations=args.warmup_iterations,
     )
 
     def collect() -> dict:

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kitchenware.core.contract import SIGNATURE, WARMUP_FILE, versions
+from kitchenware.core.contract import SIGNATURE, versions
+from kitchenware.model_server import warmup
 from kitchenware.model_server.batcher import Batcher, BatchStats
 from kitchenware.model_server.batching_config import BatchingConfig
+from kitchenware.model_server.warmup import WarmupReport
 from kitchenware.serving import proto
 
 log = logging.getLogger("kitchenware.model_server")
@@ -94,6 +96,7 @@ class LoadedVersion:
         version: int,
         batching: BatchingConfig | None = None,
         stats: BatchStats | None = None,
+        warmup_iterations: int = 1,
     ):
         import tensorflow as tf
         from tensorflow.core.protobuf import saved_model_pb2
@@ -129,52 +132,23 @@ class LoadedVersion:
                 f"{self.path}: no {SIGNATURE!r} signature (has {sorted(self.signatures)})"
             )
         try:
-            self.warm_up()
+            self.warmup = self.warm_up(warmup_iterations)
         except Exception as exc:
             self.close()
             raise LoadError(f"{self.path}: warm-up failed: {exc}") from None
 
-    def warm_up(self) -> int:
-        """Replay assets.extra/tf_serving_warmup_requests (TF Serving's format), or one zero image."""
-        records = _warmup_requests(self.path / WARMUP_FILE)
-        for signature_name, inputs in records:
-            signature = self.signatures.get(signature_name or SIGNATURE)
-            if signature is None:
-                raise LoadError(f"warm-up request names unknown signature {signature_name!r}")
-            signature.run(inputs)
-        if not records:
-            signature = self.signatures[SIGNATURE]
-            zeros = {}
-            for name, spec in signature.inputs.items():
-                if spec.dims is None or any(d < 0 for d in spec.dims[1:]):
-                    return 0  # cannot invent an input of unknown size
-                dtype = proto.numpy_dtype(spec.dtype)
-                fill = b"" if dtype.kind == "O" else 0
-                zeros[name] = np.full((1, *spec.dims[1:]), fill, dtype=dtype)
-            signature.run(zeros)
-            return 1
-        return len(records)
+    def warm_up(self, iterations: int = 1) -> WarmupReport:
+        """Replay assets.extra/tf_serving_warmup_requests by TF Serving's rules (see warmup)."""
+        return warmup.warm_up(
+            self.path,
+            self.signatures,
+            lambda name, inputs: self.signatures[name].run(inputs),
+            iterations,
+        )
 
     def close(self) -> None:
         for signature in self.signatures.values():
             signature.close()
-
-
-def _warmup_requests(path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
-    if not path.is_file():
-        return []
-    import tensorflow as tf
-    from tensorflow_serving.apis import prediction_log_pb2
-
-    requests = []
-    for record in tf.data.TFRecordDataset(str(path)):
-        entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-        if entry.WhichOneof("log_type") != "predict_log":
-            continue  # classify/regress warm-ups do not apply to this server
-        request = entry.predict_log.request
-        inputs = {k: proto.to_numpy(v) for k, v in request.inputs.items()}
-        requests.append((request.model_spec.signature_name, inputs))
-    return requests
 
 
 class VersionManager:
@@ -188,13 +162,17 @@ class VersionManager:
         batching: BatchingConfig | None = None,
         stats: BatchStats | None = None,
         on_change: Callable[[VersionManager], None] | None = None,
+        warmup_iterations: int = 1,
     ):
-        """`on_change(manager)` runs after a load failure or a change of the served versions."""
+        """`on_change(manager)` runs after a load failure or a change of the served versions;
+        `warmup_iterations`: how often each warm-up record runs (TF Serving's
+        ModelWarmupOptions.num_request_iterations)."""
         self.base_path = Path(base_path)
         self.model_name = model_name
         self.num_versions = max(1, int(num_versions))
         self.batching = batching
         self.stats = stats or BatchStats()
+        self.warmup_iterations = int(warmup_iterations)
         self._on_change = on_change
         self._lock = threading.Lock()
         self._serving: dict[int, LoadedVersion] = {}
@@ -228,11 +206,14 @@ class VersionManager:
         return f"no version of model {self.model_name!r} found under {self.base_path}"
 
     def status(self) -> dict:
+        serving = self.serving()
         return {
             "model": self.model_name,
             "base_path": str(self.base_path),
-            "serving_versions": sorted(self.serving()),
+            "serving_versions": sorted(serving),
             "failed_versions": {str(v): r for v, r in self.failures().items()},
+            # file_found false: the version serves without warm-up (as TF Serving does).
+            "warmup": {str(v): m.warmup.as_dict() for v, m in sorted(serving.items())},
         }
 
     # -- polling -----------------------------------------------------------------
@@ -270,7 +251,11 @@ class VersionManager:
             started = time.monotonic()
             try:
                 loaded[version] = LoadedVersion(
-                    self.base_path / str(version), version, self.batching, self.stats
+                    self.base_path / str(version),
+                    version,
+                    self.batching,
+                    self.stats,
+                    self.warmup_iterations,
                 )
             except Exception as exc:
                 reason = str(exc)

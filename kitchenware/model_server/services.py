@@ -93,6 +93,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             try:
                 outputs = signature.predict(inputs)
             except QueueFull as exc:
+                if self.stats is not None:
+                    self.stats.refused()
                 context.abort(code.UNAVAILABLE, str(exc))
             except TaskTooLarge as exc:
                 context.abort(code.INVALID_ARGUMENT, str(exc))

@@ -8,8 +8,9 @@ protos and behaviour are used, so the same client works against the
 ModelService protos need TensorFlow, which the gateway tier does not have.
 
 Every call has a deadline; UNAVAILABLE is retried with backoff by gRPC itself
-(service-config `retryPolicy`), and `dns:///host:port` targets are balanced
-over all resolved addresses with `round_robin`.
+(service-config `retryPolicy`) under gRPC's retry throttling (`retryThrottling`),
+so an overloaded server sees few retries; `dns:///host:port` targets are
+balanced over all resolved addresses with `round_robin`.
 
 Keep one `ServingClient` per process: it owns one channel.
 """
@@ -108,13 +109,29 @@ class Prediction:
     version: int
 
 
+# gRPC retry throttling (gRFC A6, "Throttling Retry Attempts"): a token bucket per
+# server name starts at MAX_TOKENS; each UNAVAILABLE costs 1, each success earns
+# TOKEN_RATIO, and no retry is sent while tokens <= MAX_TOKENS / 2. Needed because
+# TF Serving answers a full batching queue with UNAVAILABLE ("The batch scheduling
+# queue to which this task was submitted is full", tensorflow/core/kernels/
+# batching_util/shared_batch_scheduler.h) and sends no retry pushback: without a
+# throttle every refused call came back up to max_attempts times. Connection
+# failures share that code, so UNAVAILABLE stays retryable for restarts.
+RETRY_MAX_TOKENS = 10
+RETRY_TOKEN_RATIO = 0.1
+
+
 def service_config(
     max_attempts: int = 5,
     initial_backoff_s: float = 0.2,
     max_backoff_s: float = 2.0,
     load_balancing: str = "round_robin",
+    retry_throttling: tuple[float, float] | None = (RETRY_MAX_TOKENS, RETRY_TOKEN_RATIO),
 ) -> str:
-    """gRPC service config: retry UNAVAILABLE with exponential backoff, balance with `load_balancing`."""
+    """gRPC service config: retry UNAVAILABLE with backoff, throttled; balance with `load_balancing`.
+
+    `retry_throttling` is (maxTokens, tokenRatio), or None for unthrottled retries.
+    """
     config = {
         "loadBalancingConfig": [{load_balancing: {}}],
         "methodConfig": [
@@ -130,6 +147,9 @@ def service_config(
             }
         ],
     }
+    if retry_throttling is not None:
+        max_tokens, token_ratio = retry_throttling
+        config["retryThrottling"] = {"maxTokens": max_tokens, "tokenRatio": token_ratio}
     return json.dumps(config)
 
 
@@ -138,12 +158,16 @@ def channel_options(
     max_attempts: int = 5,
     max_reconnect_backoff_ms: int = 2000,
     load_balancing: str = "round_robin",
+    retry_throttling: tuple[float, float] | None = (RETRY_MAX_TOKENS, RETRY_TOKEN_RATIO),
 ) -> list[tuple[str, object]]:
+    config = service_config(
+        max_attempts, load_balancing=load_balancing, retry_throttling=retry_throttling
+    )
     return [
         ("grpc.max_send_message_length", int(max_message_bytes)),
         ("grpc.max_receive_message_length", int(max_message_bytes)),
         ("grpc.enable_retries", 1),
-        ("grpc.service_config", service_config(max_attempts, load_balancing=load_balancing)),
+        ("grpc.service_config", config),
         # A restarted model server is found again within ~2 s, not after minutes of backoff.
         ("grpc.initial_reconnect_backoff_ms", min(1000, int(max_reconnect_backoff_ms))),
         ("grpc.max_reconnect_backoff_ms", int(max_reconnect_backoff_ms)),
@@ -227,6 +251,7 @@ class ServingClient:
         max_attempts: int = 5,
         max_reconnect_backoff_ms: int = 2000,
         load_balancing: str = "round_robin",
+        retry_throttling: tuple[float, float] | None = (RETRY_MAX_TOKENS, RETRY_TOKEN_RATIO),
     ):
         if timeout <= 0:
             raise KitchenwareError(f"gRPC timeout must be positive, got {timeout}")
@@ -238,7 +263,11 @@ class ServingClient:
         self._channel = grpc.insecure_channel(
             target,
             options=channel_options(
-                max_message_bytes, max_attempts, max_reconnect_backoff_ms, load_balancing
+                max_message_bytes,
+                max_attempts,
+                max_reconnect_backoff_ms,
+                load_balancing,
+                retry_throttling,
             ),
         )
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)

@@ -79,20 +79,38 @@ def test_savedmodel_probabilities_match_keras_logits_on_real_photos(tiny_run, lo
     assert names.shape == (len(real_photos), 6) and (names == np.asarray(CLASSES)).all()
 
 
-@pytest.mark.slow
-def test_warmup_record_parses_and_runs(tiny_export, loaded):
+def assert_warmup_matches_signature(version_dir):
+    """The version's warm-up file holds one predict record that its own signature accepts."""
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    records = list(tf.data.TFRecordDataset(str(tiny_export / "1" / WARMUP_FILE)))
+    records = list(tf.data.TFRecordDataset(str(version_dir / WARMUP_FILE)))
     assert len(records) == 1
     log = prediction_log_pb2.PredictionLog.FromString(records[0].numpy())
+    assert log.WhichOneof("log_type") == "predict_log"
     request = log.predict_log.request
-    assert request.model_spec.signature_name == SIGNATURE and list(request.inputs) == ["image"]
-    image = tf.make_ndarray(request.inputs["image"])
-    assert image.dtype == np.uint8 and image.shape == (1, SIZE, SIZE, 3)
-    result = loaded.signatures[SIGNATURE](image=tf.constant(image))
-    assert result["probabilities"].shape == (1, 6)
+    assert request.model_spec.signature_name == SIGNATURE
+    function = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE]
+    specs = function.structured_input_signature[1]
+    inputs = {name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()}
+    assert sorted(inputs) == sorted(specs)
+    for name, value in inputs.items():
+        assert value.dtype == specs[name].dtype.as_numpy_dtype
+        assert specs[name].shape.is_compatible_with(value.shape) and value.shape[0] >= 1
+    result = function(**{k: tf.constant(v) for k, v in inputs.items()})
+    assert result["probabilities"].shape == (len(next(iter(inputs.values()))), len(CLASSES))
+
+
+@pytest.mark.slow
+def test_warmup_record_parses_and_runs(tiny_export):
+    assert_warmup_matches_signature(tiny_export / "1")
+
+
+@pytest.mark.slow
+def test_every_export_writes_a_warmup_record_its_signature_accepts(tiny_run, tmp_path):
+    """With test-time augmentation too: the served function changes, the record still fits."""
+    model = load_keras_model(tiny_run.best_model)
+    assert_warmup_matches_signature(export_saved_model(model, tmp_path / "m", tta="flip"))
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ from kitchenware.serving.grpc_client import (
     ModelServerUnavailable,
     ServingClient,
 )
-from kitchenware.tools.stack import ModelServer, wait_for
+from kitchenware.tools.stack import ModelServer
 
 pytestmark = pytest.mark.slow
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -325,7 +325,10 @@ def test_no_version_then_first_version_arrives(exported_model, tmp_path):
                 client.predict(images(1))
 
             copy_version(exported_model / "1", empty, 1)
-            wait_for(lambda: health_status(server.target, "kitchenware") == SERVING, 90, "SERVING")
+            # Waits as production's probe does (REST model status AVAILABLE): the
+            # tensorflow/serving image has no gRPC health service to wait on.
+            server.wait_ready(90)
+            assert health_status(server.target, "kitchenware") == SERVING  # ours has one
             assert client.check_ready()[0]
             assert client.predict(images(1)).version == 1
 
