@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TFS_API := tensorflow-serving-api==2.21.0
 DEMO_DIR ?= demo
 
-.PHONY: help venv gateway-venv system-deps test test-fast lint demo serve skew-check lock clean bench \
+.PHONY: help venv gateway-venv system-deps test test-fast lint demo serve quality skew-check lock clean bench \
 	load load-sweep faults
 
 help:
@@ -67,6 +67,11 @@ lint: venv
 
 demo: venv
 	$(BIN)/python -m kitchenware.tools.demo --dir $(DEMO_DIR)
+
+# The quality report (docu/QUALITY.md): the documented recipe on real photos,
+# scored once on the test split with and without TTA, next to a from-scratch baseline.
+quality: venv
+	$(BIN)/python -m kitchenware.tools.quality
 
 # Load an export with the serving image's TensorFlow (image-model.dockerfile's
 # TF_SERVING_VERSION) in a cached throw-away venv; the tests run the same check.
