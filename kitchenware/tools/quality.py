@@ -95,7 +95,8 @@ def run(data: Path, work: Path, cache: Path | None) -> dict:
     started = time.perf_counter()
     recipe = work / "runs" / "recipe"
     _cli("train", "--data", str(prep), "--out", str(recipe), "--weights", str(weights),
-         "--cached-features", "--feature-cache", str(work / "features"), "--verbose", "0",
+         "--cached-features", "--no-augment", "--feature-cache", str(work / "features"),
+         "--verbose", "0",
          *_flags(RECIPE))  # fmt: skip
     timings["recipe_train_s"] = round(time.perf_counter() - started, 1)
     models["recipe"] = evaluate_model(recipe / "best.keras", prep, labels, recipe, leaked)
@@ -133,7 +134,7 @@ def markdown(result: dict) -> str:
         "each test number is one evaluation.",
         "",
         "Recipe: frozen ImageNet Xception (`kitchenware weights fetch`), head trained on "
-        "cached backbone features, then fine-tuning: "
+        "cached backbone features (so `--no-augment`), then fine-tuning: "
         + ", ".join(f"`--{k} {v}`" for k, v in result["recipe"].items())
         + f" (train {result['timings']['recipe_train_s']} s; from-scratch baseline "
         f"{result['timings']['scratch_train_s']} s).",
