@@ -228,14 +228,6 @@ def error_response(status: int, code: str, message: str) -> Response:
     return response
 
 
-def _http_code(exc: HTTPException) -> str:
-    """`RequestEntityTooLarge` -> "too_large"; other werkzeug errors -> snake_case name."""
-    if exc.code == 413:
-        return errors.TooLarge.code
-    name = (exc.name or "error").lower()
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
-
-
 BODY_ENDED_EARLY = "the request body ended early (the client sent less than it announced)"
 
 
@@ -316,7 +308,9 @@ def create_app(settings: Settings | None = None, model_client=None) -> Flask:
             message = (
                 f"the request body is larger than the limit of {settings.max_request_bytes:,} bytes"
             )
-        response = error_response(exc.code or 500, _http_code(exc), message)
+        response = error_response(
+            exc.code or 500, errors.code_for_status(exc.code or 500, exc.name), message
+        )
         if exc.code == 405 and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
@@ -326,7 +320,7 @@ def create_app(settings: Settings | None = None, model_client=None) -> Flask:
         if (message := gunicorn_body_error(exc)) is not None:
             return error_response(errors.BadRequest.status, errors.BadRequest.code, message)
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "internal error; see the gateway log")
+        return error_response(500, errors.GatewayError.code, errors.INTERNAL_ERROR_MESSAGE)
 
     @app.get("/")
     def index():

@@ -94,3 +94,44 @@ def test_body_shorter_than_its_content_length_is_a_400(gateway):
     error = json_error(gateway, raw, 400)
     assert error["code"] == "bad_request"
     assert "ended early" in error["message"]
+
+
+# -- requests gunicorn's parser refuses before the app runs ---------------------------
+
+
+def headers_bytes(total: int) -> str:
+    return "".join(f"X-Filler-{i}: {'a' * 60}\n" for i in range(total // 75))
+
+
+PROTOCOL_ERRORS = {
+    "long-url": ("GET /" + "a" * 9000 + " HTTP/1.1\nHost: gw\n", 414, "uri_too_long"),
+    "big-header": (POST + "X-Big: " + "a" * 9000 + "\n", 431, "request_header_fields_too_large"),
+    "many-headers": (POST + "".join(f"X-H{i}: 1\n" for i in range(120)), 431,
+                     "request_header_fields_too_large"),
+    "te-and-cl": (POST + "Transfer-Encoding: chunked\nContent-Length: 5\n", 400, "bad_request"),
+    "duplicate-cl": (POST + "Content-Length: 3\nContent-Length: 4\n", 400, "bad_request"),
+    "negative-cl": (POST + "Content-Length: -1\n", 400, "bad_request"),
+    "nul-in-header": (POST + "X-Note: a\x00b\n", 400, "bad_request"),
+    "http-2.0-line": ("GET /healthz HTTP/2.0\nHost: gw\n", 400, "bad_request"),
+    "bad-method": ("G@T /healthz HTTP/1.1\nHost: gw\n", 400, "bad_request"),
+    "unknown-coding": (POST + "Transfer-Encoding: zstd-but-not-really\n", 501, "not_implemented"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", PROTOCOL_ERRORS.values(), ids=PROTOCOL_ERRORS.keys())
+def test_protocol_errors_keep_their_status_and_answer_json(gateway, case):
+    head, status, code = case
+    error = json_error(gateway, request(head, b"0\r\n\r\n"), status)
+    assert error["code"] == code
+    assert "<html" not in error["message"]
+
+
+def test_gunicorn_still_logs_what_it_refused(gateway):
+    json_error(gateway, request("G@T /logged HTTP/1.1\nHost: gw\n"), 400)
+    assert "Invalid request from ip=127.0.0.1" in gateway.log()
+
+
+def test_the_gateway_still_serves_after_refusals(gateway):
+    status, headers, body = exchange(gateway, request("GET /healthz HTTP/1.1\nHost: gw\n"
+                                                      "Connection: close\n"))  # fmt: skip
+    assert status == 200 and json.loads(body) == {"status": "ok"}
