@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from gunicorn import util
 from gunicorn.http.errors import LimitRequestLine
+from support.paths import REPO
 
-from kitchenware.gateway.worker import CapturedWrites, json_error_answer
+from kitchenware.gateway.worker import PROTOCOL_ERROR_CODES, CapturedWrites, json_error_answer
 
 
 def gunicorn_page(status: int, reason: str, message: str) -> bytes:
@@ -61,3 +63,16 @@ def test_a_server_error_names_no_internals():
 
 def test_an_unrecognised_page_goes_out_unchanged():
     assert json_error_answer(b"garbage", ValueError("x")) == b"garbage"
+
+
+def test_the_spec_documents_the_worker_codes_for_predict():
+    spec = yaml.safe_load((REPO / "docu" / "openapi.yaml").read_text())
+    schemas = spec["components"]["schemas"]
+    for status in (414, 431, 501):
+        ref = spec["paths"]["/predict"]["post"]["responses"][str(status)]["$ref"]
+        response = spec["components"]["responses"][ref.rsplit("/", 1)[1]]
+        schema = schemas[
+            response["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        ]
+        enum = schema["allOf"][1]["properties"]["error"]["properties"]["code"]["enum"]
+        assert enum == [PROTOCOL_ERROR_CODES[status]], status
