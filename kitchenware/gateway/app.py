@@ -245,6 +245,23 @@ def gunicorn_body_error(exc: Exception) -> str | None:
     return f"the request body is malformed: {exc}"
 
 
+FORM_PARSER_MODULES = ("werkzeug.formparser", "werkzeug.sansio.multipart")
+
+
+def raised_by_form_parser(exc: Exception) -> bool:
+    """Whether werkzeug's form parser raised `exc` (its field-size and part-count limits).
+
+    werkzeug raises the same bare 413 for those and for the body limit; only where
+    it was raised tells them apart.
+    """
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_globals.get("__name__", "").startswith(
+        FORM_PARSER_MODULES
+    )
+
+
 class RequireWholeBody:
     """WSGI middleware: a body that ends before its Content-Length is a 400.
 
@@ -304,6 +321,13 @@ def create_app(settings: Settings | None = None, model_client=None) -> Flask:
         message = exc.description or exc.name
         if isinstance(exc, ClientDisconnected):
             message = BODY_ENDED_EARLY
+        elif exc.code == 413 and raised_by_form_parser(exc):
+            message = (
+                "the form is over a form limit: a field that is not a file upload may hold "
+                f"{app.config['MAX_FORM_MEMORY_SIZE']:,} bytes and a form "
+                f"{app.config['MAX_FORM_PARTS']:,} parts; send photos as file uploads "
+                "(curl -F 'file=@photo.jpg')"
+            )
         elif exc.code == 413:
             message = (
                 f"the request body is larger than the limit of {settings.max_request_bytes:,} bytes"
