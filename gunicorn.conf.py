@@ -30,9 +30,9 @@ def _int_env(name: str, default: int) -> int:
 
 bind = os.environ.get("GUNICORN_BIND") or f"0.0.0.0:{_int_env('PORT', 9696)}"
 workers = _int_env("GUNICORN_WORKERS", 2)
-# gthread: a worker waiting on a URL download or the model server still serves
-# its other threads.
-worker_class = "gthread"
+# gthread (a worker waiting on a URL download or the model server still serves its
+# other threads) whose answers to requests gunicorn itself refuses are JSON too.
+worker_class = "kitchenware.gateway.worker.JsonErrorWorker"
 threads = _int_env("GUNICORN_THREADS", 4)
 # A request is bounded by URL_FETCH_TIMEOUT + GRPC_TIMEOUT; this only catches stuck workers.
 timeout = _int_env("GUNICORN_TIMEOUT", 60)

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from kitchenware.core.contract import DEFAULT_IMAGE_SIZE
 from kitchenware.core.errors import ImageError, ImageTooLarge, KitchenwareError
@@ -228,12 +228,56 @@ def error_response(status: int, code: str, message: str) -> Response:
     return response
 
 
-def _http_code(exc: HTTPException) -> str:
-    """`RequestEntityTooLarge` -> "too_large"; other werkzeug errors -> snake_case name."""
-    if exc.code == 413:
-        return errors.TooLarge.code
-    name = (exc.name or "error").lower()
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+BODY_ENDED_EARLY = "the request body ended early (the client sent less than it announced)"
+
+
+def gunicorn_body_error(exc: Exception) -> str | None:
+    """What to tell the client when gunicorn's parser failed while the app read the body.
+
+    A malformed chunk raises gunicorn's own errors inside the app; they are the
+    client's fault (400), not ours. Matched by module, so the gateway imports
+    without gunicorn (tests, other servers).
+    """
+    if not type(exc).__module__.startswith("gunicorn.http"):
+        return None
+    if type(exc).__name__ == "NoMoreData":
+        return BODY_ENDED_EARLY
+    return f"the request body is malformed: {exc}"
+
+
+FORM_PARSER_MODULES = ("werkzeug.formparser", "werkzeug.sansio.multipart")
+
+
+def raised_by_form_parser(exc: Exception) -> bool:
+    """Whether werkzeug's form parser raised `exc` (its field-size and part-count limits).
+
+    werkzeug raises the same bare 413 for those and for the body limit; only where
+    it was raised tells them apart.
+    """
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_globals.get("__name__", "").startswith(
+        FORM_PARSER_MODULES
+    )
+
+
+class RequireWholeBody:
+    """WSGI middleware: a body that ends before its Content-Length is a 400.
+
+    gunicorn sets `wsgi.input_terminated`, so werkzeug reads its input up to
+    MAX_CONTENT_LENGTH and would take a short body as complete. Without the flag
+    werkzeug limits the stream to Content-Length and raises ClientDisconnected
+    when it ends early. Chunked bodies (no Content-Length) keep the flag.
+    """
+
+    def __init__(self, wsgi_app) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        if environ.get("CONTENT_LENGTH"):
+            environ.pop("wsgi.input_terminated", None)
+        return self.wsgi_app(environ, start_response)
 
 
 def create_app(settings: Settings | None = None, model_client=None) -> Flask:
@@ -246,6 +290,7 @@ def create_app(settings: Settings | None = None, model_client=None) -> Flask:
     app = Flask(__name__, static_folder="static", static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False
+    app.wsgi_app = RequireWholeBody(app.wsgi_app)
     gateway = Gateway(settings, model_client)
     app.extensions["kitchenware_gateway"] = gateway
 
@@ -274,19 +319,32 @@ def create_app(settings: Settings | None = None, model_client=None) -> Flask:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         message = exc.description or exc.name
-        if exc.code == 413:
+        if isinstance(exc, ClientDisconnected):
+            message = BODY_ENDED_EARLY
+        elif exc.code == 413 and raised_by_form_parser(exc):
+            message = (
+                "the form is over a form limit: a field that is not a file upload may hold "
+                f"{app.config['MAX_FORM_MEMORY_SIZE']:,} bytes and a form "
+                f"{app.config['MAX_FORM_PARTS']:,} parts; send photos as file uploads "
+                "(curl -F 'file=@photo.jpg')"
+            )
+        elif exc.code == 413:
             message = (
                 f"the request body is larger than the limit of {settings.max_request_bytes:,} bytes"
             )
-        response = error_response(exc.code or 500, _http_code(exc), message)
+        response = error_response(
+            exc.code or 500, errors.code_for_status(exc.code or 500, exc.name), message
+        )
         if exc.code == 405 and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
+        if (message := gunicorn_body_error(exc)) is not None:
+            return error_response(errors.BadRequest.status, errors.BadRequest.code, message)
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "internal error; see the gateway log")
+        return error_response(500, errors.GatewayError.code, errors.INTERNAL_ERROR_MESSAGE)
 
     @app.get("/")
     def index():

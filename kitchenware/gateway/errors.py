@@ -6,6 +6,21 @@ clients can branch on `code` and show `message` to people.
 
 from __future__ import annotations
 
+INTERNAL_ERROR_MESSAGE = "internal error; see the gateway log"
+
+
+def code_for_status(status: int, reason: str) -> str:
+    """The `code` of an HTTP error raised outside our handlers (werkzeug's, gunicorn's).
+
+    413 and 500 share our codes; others are the reason phrase in snake_case
+    ("URI Too Long" -> "uri_too_long").
+    """
+    if status == TooLarge.status:
+        return TooLarge.code
+    if status == 500:
+        return GatewayError.code
+    return "".join(c if c.isalnum() else "_" for c in (reason or "error").lower()).strip("_")
+
 
 class GatewayError(Exception):
     status = 500

@@ -116,7 +116,12 @@ def _decode_base64(text: str, where: str, max_image_bytes: int) -> bytes:
 def _from_multipart(request: Request, max_image_bytes: int) -> ParsedRequest:
     uploads = request.files.getlist(FILE_FIELD)
     if not uploads:
-        others = ", ".join(sorted(request.files)) or "none"
+        if FILE_FIELD in request.form:  # e.g. curl -F 'file=<photo.jpg' sends the bytes as text
+            raise BadRequest(
+                f"the form field '{FILE_FIELD}' is a text value, not a file upload: send the "
+                f"photo as a file (curl -F '{FILE_FIELD}=@photo.jpg')"
+            )
+        others = ", ".join(sorted({*request.files, *request.form})) or "none"
         raise BadRequest(f"upload the photo in a form field named '{FILE_FIELD}' (found: {others})")
     items = []
     for index, upload in enumerate(uploads):

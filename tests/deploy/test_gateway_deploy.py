@@ -295,3 +295,16 @@ def test_gateway_image_command_and_healthcheck_work_without_tensorflow(
         server.terminate()
         output = server.communicate(timeout=30)[0]
     assert server.returncode == 0, output
+
+
+def test_gateway_waits_for_endpoint_removal_then_drains_within_the_grace_period():
+    doc = base_docs()[("Deployment", "gateway")]
+    container = containers(doc)[0]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] in ("sleep", "/bin/sleep") and len(command) == 2, command
+    pause_s = float(command[1])
+    graceful_s = int(env_of(container)["GUNICORN_GRACEFUL_TIMEOUT"])
+    # Endpoint controllers and kube-proxy take a few seconds to drop a terminating pod.
+    assert pause_s >= 3
+    grace_s = doc["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert pause_s + graceful_s < grace_s, (pause_s, graceful_s, grace_s)

@@ -110,6 +110,15 @@ def test_base64_json_and_raw_body(stack, photos):
     assert as_json.json() == raw.json()
 
 
+def test_a_chunked_upload_is_read_whole_and_classified(stack, photos):
+    data = photos[1].read_bytes()
+    pieces = (data[i : i + 4096] for i in range(0, len(data), 4096))  # requests sends chunked
+    chunked = post(stack["gw"], data=pieces, headers={"Content-Type": "image/jpeg"})
+    whole = post(stack["gw"], data=data, headers={"Content-Type": "image/jpeg"})
+    assert chunked.status_code == 200, chunked.text
+    assert chunked.json() == whole.json()
+
+
 def test_url_and_url_batch_in_input_order(stack):
     site = stack["site"]
     names = sorted(p.name for p in site.root.glob("*.jpg"))

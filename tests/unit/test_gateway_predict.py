@@ -264,3 +264,69 @@ def test_a_worker_whose_decode_budget_stays_full_answers_503_overloaded(model, m
     assert busy.get_json()["error"]["code"] == "overloaded"
     ok = app.test_client().post("/predict", data=photo(), content_type="image/jpeg")
     assert ok.status_code == 200
+
+
+def multipart(*parts: tuple[str, str | None, bytes]) -> tuple[bytes, str]:
+    """A multipart/form-data body of (field, filename or None for a text value, data) parts."""
+    boundary = "kitchenware-test-boundary"
+    body = b""
+    for field, filename, data in parts:
+        disposition = f'form-data; name="{field}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        body += data + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_a_file_field_sent_as_text_is_told_to_be_a_file_upload(client, model):
+    body, content_type = multipart(("file", None, b"not sent as a file"))
+    response = client.post("/predict", data=body, content_type=content_type)
+    assert response.status_code == 400
+    message = response.get_json()["error"]["message"]
+    assert "not a file upload" in message and "file=@" in message
+    assert model.sent == []
+
+
+def test_other_form_fields_are_named_when_file_is_missing(client):
+    body, content_type = multipart(("photo", "a.jpg", photo()), ("note", None, b"hi"))
+    response = client.post("/predict", data=body, content_type=content_type)
+    assert response.status_code == 400
+    assert "(found: note, photo)" in response.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [[("file", None, b"x" * 600_000)], [("note", None, b"x")] * 1_001],
+    ids=["text-field-over-MAX_FORM_MEMORY_SIZE", "more-than-MAX_FORM_PARTS"],
+)
+def test_form_limits_answer_413_naming_the_form_limits_not_the_body_limit(client, parts):
+    body, content_type = multipart(*parts)
+    response = client.post("/predict", data=body, content_type=content_type)
+    assert response.status_code == 413
+    error = response.get_json()["error"]
+    assert error["code"] == "too_large"
+    assert "500,000 bytes" in error["message"] and "1,000 parts" in error["message"]
+    assert "request body" not in error["message"]
+
+
+def test_a_body_over_the_request_limit_still_names_the_body_limit(model, monkeypatch):
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    app = create_app(Settings(max_request_bytes=100_000), model_client=model)
+    body, content_type = multipart(("file", "a.jpg", b"x" * 200_000))
+    response = app.test_client().post("/predict", data=body, content_type=content_type)
+    assert response.status_code == 413
+    assert "limit of 100,000 bytes" in response.get_json()["error"]["message"]
+
+
+def test_a_body_shorter_than_its_content_length_is_a_400(client, model):
+    # As gunicorn passes it: the length it announced, its input marked as terminated.
+    response = client.post(
+        "/predict",
+        input_stream=io.BytesIO(photo()[:100]),
+        content_type="image/jpeg",
+        environ_overrides={"CONTENT_LENGTH": "5000", "wsgi.input_terminated": True},
+    )
+    assert response.status_code == 400
+    assert response.get_json()["error"]["message"].startswith("the request body ended early")
+    assert model.sent == []

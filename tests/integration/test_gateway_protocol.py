@@ -1,0 +1,137 @@
+"""The gateway under real gunicorn answers malformed HTTP with the JSON error shape.
+
+Raw bytes over a socket to 127.0.0.1: bad chunked bodies, truncated bodies and
+requests that gunicorn's own parser refuses before the app runs (long URL, big or
+many headers, contradictory lengths, bad bytes, unknown versions and codings).
+No model server is needed: every request here fails before one would be asked.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from support.paths import guarded_gateway
+
+from kitchenware.tools.stack import free_port
+
+READ_TIMEOUT_S = 15
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    work = tmp_path_factory.mktemp("gateway-protocol")
+    gw = guarded_gateway(work, {"TF_SERVING_HOST": f"127.0.0.1:{free_port()}",
+                                "GRPC_TIMEOUT": "2",
+                                "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics")})  # fmt: skip
+    try:
+        gw.start()
+        yield gw
+    finally:
+        gw.stop()
+
+
+def exchange(gw, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send `raw`, close our sending side, read the answer: (status, headers, body)."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=READ_TIMEOUT_S) as sock:
+        sock.sendall(raw)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head, f"no answer at all to {raw[:80]!r}"
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body
+
+
+def json_error(gw, raw: bytes, status: int) -> dict:
+    got, headers, body = exchange(gw, raw)
+    assert got == status, body[:500]
+    assert headers.get("content-type", "").startswith("application/json"), headers
+    assert int(headers["content-length"]) == len(body)
+    error = json.loads(body)["error"]
+    assert set(error) == {"code", "message"} and error["message"], error
+    return error
+
+
+def request(head: str, body: bytes = b"") -> bytes:
+    return head.replace("\n", "\r\n").encode("latin-1") + b"\r\n" + body
+
+
+POST = "POST /predict HTTP/1.1\nHost: gw\nConnection: close\n"
+
+
+# -- bodies the app reads -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [b"zz\r\nabc\r\n0\r\n\r\n", b"3\r\nabcXY0\r\n\r\n", b"3\r\nab"],
+    ids=["bad-chunk-size", "missing-crlf", "ends-early"],
+)
+def test_malformed_chunked_body_is_a_400(gateway, chunks):
+    raw = request(POST + "Content-Type: image/jpeg\nTransfer-Encoding: chunked\n", chunks)
+    error = json_error(gateway, raw, 400)
+    assert error["code"] == "bad_request"
+    assert "body" in error["message"]
+
+
+def test_well_formed_chunked_body_reaches_the_image_check(gateway):
+    raw = request(POST + "Content-Type: image/jpeg\nTransfer-Encoding: chunked\n",
+                  b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")  # fmt: skip
+    error = json_error(gateway, raw, 415)
+    assert error["code"] == "not_an_image"
+
+
+def test_body_shorter_than_its_content_length_is_a_400(gateway):
+    raw = request(POST + "Content-Type: image/jpeg\nContent-Length: 5000\n", b"\xff\xd8" * 50)
+    error = json_error(gateway, raw, 400)
+    assert error["code"] == "bad_request"
+    assert "ended early" in error["message"]
+
+
+# -- requests gunicorn's parser refuses before the app runs ---------------------------
+
+
+def headers_bytes(total: int) -> str:
+    return "".join(f"X-Filler-{i}: {'a' * 60}\n" for i in range(total // 75))
+
+
+PROTOCOL_ERRORS = {
+    "long-url": ("GET /" + "a" * 9000 + " HTTP/1.1\nHost: gw\n", 414, "uri_too_long"),
+    "big-header": (POST + "X-Big: " + "a" * 9000 + "\n", 431, "request_header_fields_too_large"),
+    "many-headers": (POST + "".join(f"X-H{i}: 1\n" for i in range(120)), 431,
+                     "request_header_fields_too_large"),
+    "te-and-cl": (POST + "Transfer-Encoding: chunked\nContent-Length: 5\n", 400, "bad_request"),
+    "duplicate-cl": (POST + "Content-Length: 3\nContent-Length: 4\n", 400, "bad_request"),
+    "negative-cl": (POST + "Content-Length: -1\n", 400, "bad_request"),
+    "nul-in-header": (POST + "X-Note: a\x00b\n", 400, "bad_request"),
+    "http-2.0-line": ("GET /healthz HTTP/2.0\nHost: gw\n", 400, "bad_request"),
+    "bad-method": ("G@T /healthz HTTP/1.1\nHost: gw\n", 400, "bad_request"),
+    "unknown-coding": (POST + "Transfer-Encoding: zstd-but-not-really\n", 501, "not_implemented"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", PROTOCOL_ERRORS.values(), ids=PROTOCOL_ERRORS.keys())
+def test_protocol_errors_keep_their_status_and_answer_json(gateway, case):
+    head, status, code = case
+    error = json_error(gateway, request(head, b"0\r\n\r\n"), status)
+    assert error["code"] == code
+    assert "<html" not in error["message"]
+
+
+def test_gunicorn_still_logs_what_it_refused(gateway):
+    json_error(gateway, request("G@T /logged HTTP/1.1\nHost: gw\n"), 400)
+    assert "Invalid request from ip=127.0.0.1" in gateway.log()
+
+
+def test_the_gateway_still_serves_after_refusals(gateway):
+    status, headers, body = exchange(gateway, request("GET /healthz HTTP/1.1\nHost: gw\n"
+                                                      "Connection: close\n"))  # fmt: skip
+    assert status == 200 and json.loads(body) == {"status": "ok"}
