@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -162,7 +163,21 @@ def markdown(result: dict) -> str:
             if split.startswith("test"):
                 lines.append(f"| {name} | {split} | "
                              + " | ".join(f"{r:.2f}" for r in s["recall"].values()) + " |")  # fmt: skip
+    lines += ["", "The recipe's training curves and its test confusion matrix (no TTA). The "
+              "misclassified photos are in the work folder (`runs/recipe/eval-test-none/"
+              "misclassified.png`), not here: the photos stay out of the repository.", "",
+              "![training curves](images/quality/history.png)",
+              "![confusion matrix](images/quality/confusion_matrix.png)"]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def copy_figures(work: Path, report: Path) -> None:
+    """The recipe's PNGs next to the report, where its links point."""
+    figures = report.parent / "images" / "quality"
+    figures.mkdir(parents=True, exist_ok=True)
+    recipe = work / "runs" / "recipe"
+    for source in (recipe / "history.png", recipe / "eval-test-none" / "confusion_matrix.png"):
+        shutil.copy(source, figures / source.name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
     args.report.write_text(markdown(result))
+    copy_figures(args.work, args.report)
     print(args.report.read_text())
     return 0
 
