@@ -419,6 +419,9 @@ def test_client_survives_a_server_restart(exported_model, tmp_path):
         assert not client.check_ready()[0]
 
         server.start(wait=True)  # same port; the same client (same channel) reconnects
+        # The port opens only once the version is loaded, and the channel retries a
+        # refused connection after its reconnect backoff (at most 2 s): wait that long.
+        wait_for(lambda: client.check_ready()[0], 15, "the client to reconnect")
         assert client.predict(images(1)).version == 1
         client.close()
     finally:
