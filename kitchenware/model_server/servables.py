@@ -4,7 +4,8 @@ Like TF Serving, the server watches `BASE/<version>/` folders, serves the
 newest `num_versions` of them and never drops to zero versions: a new version
 is loaded and warmed up completely before it replaces the old one, and a
 version that fails to load is skipped (its reason kept for the status report)
-while the last good one keeps serving.
+while the last good one keeps serving. Until the first version serves, a failed
+load is retried a bounded number of times instead (`wait_first_version`).
 """
 
 from __future__ import annotations
