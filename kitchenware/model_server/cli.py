@@ -83,6 +83,21 @@ def add_arguments(parser) -> None:
         help="look for new versions this often (0: load once)",
     )
     parser.add_argument(
+        "--max-num-load-retries",
+        "--max_num_load_retries",
+        dest="max_num_load_retries",
+        type=int,
+        default=5,
+        help="before the first version serves: retry a failed load this often, then exit 1",
+    )
+    parser.add_argument(
+        "--load-retry-interval-seconds",
+        dest="load_retry_interval_seconds",
+        type=float,
+        default=60.0,
+        help="wait between those retries (TF Serving's --load_retry_interval_micros)",
+    )
+    parser.add_argument(
         "--num-versions",
         type=int,
         default=1,
@@ -149,8 +164,28 @@ def _check_args(args) -> None:
         raise KitchenwareError(f"--grpc-threads must be >= 1, got {args.grpc_threads}")
     if args.poll_seconds < 0:
         raise KitchenwareError(f"--poll-seconds must be >= 0, got {args.poll_seconds}")
+    if args.max_num_load_retries < 0:
+        raise KitchenwareError(
+            f"--max-num-load-retries must be >= 0, got {args.max_num_load_retries}"
+        )
+    if args.load_retry_interval_seconds < 0:
+        raise KitchenwareError(
+            f"--load-retry-interval-seconds must be >= 0, got {args.load_retry_interval_seconds}"
+        )
     if args.warmup_iterations < 1:
         raise KitchenwareError(f"--warmup-iterations must be >= 1, got {args.warmup_iterations}")
+
+
+def _listen(server, args) -> str:
+    """Add the gRPC port; gRPC listens from this call on, so it comes after the first load."""
+    address = f"{args.host}:{args.port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise KitchenwareError(f"cannot listen on {address}: {exc}") from None
+    if not bound:
+        raise KitchenwareError(f"cannot listen on {address}")
+    return address
 
 
 def run(args) -> int:
@@ -216,13 +251,6 @@ def run(args) -> int:
         ModelService(manager, args.model_name), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    address = f"{args.host}:{args.port}"
-    try:
-        bound = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise KitchenwareError(f"cannot listen on {address}: {exc}") from None
-    if not bound:
-        raise KitchenwareError(f"cannot listen on {address}")
 
     stop = threading.Event()
 
@@ -234,6 +262,33 @@ def run(args) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     on_versions_changed(manager)
+    if not Path(args.model_base_path).is_dir():
+        log.warning("%s does not exist yet; polling for versions", args.model_base_path)
+    writer.start(stats.changed)
+    # No port opens before a version is AVAILABLE, as in TF Serving (server.cc starts the
+    # gRPC and HTTP servers only after ServerCore::Create has waited for the models):
+    # clients see a refused connection, not an answering server without a model.
+    log.info("waiting for a version of %s under %s", args.model_name, args.model_base_path)
+    if not manager.wait_first_version(
+        args.poll_seconds, args.max_num_load_retries, args.load_retry_interval_seconds, stop
+    ):
+        manager.stop()
+        writer.stop()
+        if stop.is_set():
+            log.info("stopped before a version was loaded")
+            return 0
+        log.error(
+            "no version of %s could be loaded (%s); exiting",
+            args.model_name,
+            manager.not_loaded_reason(),
+        )
+        return 1
+    try:
+        address = _listen(server, args)
+    except KitchenwareError:
+        manager.stop()
+        writer.stop()
+        raise
     server.start()
     rest = model_server_rest.start(manager, args)
     log.info(
@@ -245,9 +300,6 @@ def run(args) -> int:
         if args.batching
         else "off",
     )
-    if not Path(args.model_base_path).is_dir():
-        log.warning("%s does not exist yet; polling for versions", args.model_base_path)
-    writer.start(stats.changed)
     manager.start(args.poll_seconds)
     on_versions_changed(manager)
     writer.write()

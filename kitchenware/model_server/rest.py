@@ -154,8 +154,9 @@ def predict(manager, model_name: str, name: str, version: int | None, body) -> d
     model = manager.serving().get(version) if version is not None else manager.latest()
     if model is None:
         wanted = f"version {version}" if version is not None else "no version"
+        # NOT_FOUND for Latest too: TF Serving's code when no version is loaded.
         raise RestError(
-            HTTPStatus.NOT_FOUND if version is not None else HTTPStatus.SERVICE_UNAVAILABLE,
+            HTTPStatus.NOT_FOUND,
             f"model {name!r}: {wanted} is loaded ({manager.not_loaded_reason()})",
         )
     if not isinstance(body, dict):

@@ -4,7 +4,8 @@ Like TF Serving, the server watches `BASE/<version>/` folders, serves the
 newest `num_versions` of them and never drops to zero versions: a new version
 is loaded and warmed up completely before it replaces the old one, and a
 version that fails to load is skipped (its reason kept for the status report)
-while the last good one keeps serving.
+while the last good one keeps serving. Until the first version serves, a failed
+load is retried a bounded number of times instead (`wait_first_version`).
 """
 
 from __future__ import annotations
@@ -290,6 +291,56 @@ class VersionManager:
         if self._on_change:
             self._on_change(self)
         return True
+
+    def wait_first_version(
+        self,
+        poll_seconds: float,
+        max_retries: int,
+        retry_interval: float,
+        stop: threading.Event,
+    ) -> bool:
+        """Poll until a version serves; False when the newest one failed 1 + `max_retries`
+        loads (or `stop` was set).
+
+        TF Serving's ServerCore::Create waits in WaitUntilModelsAvailable before
+        server.cc builds the gRPC server, and its loader harness retries a failed load
+        `max_num_load_retries` times ("after the first failure"; main.cc), spaced by
+        `load_retry_interval_micros`; then the start fails. Retrying here ignores the
+        mtime check that applies once serving.
+        """
+        attempts: dict[int, int] = {}
+        while not stop.is_set():
+            self.poll_once()
+            if self.serving():
+                return True
+            failures = self.failures()
+            if not failures:
+                stop.wait(poll_seconds if poll_seconds > 0 else 1.0)
+                continue
+            version = max(failures)
+            attempts[version] = attempts.get(version, 0) + 1
+            if attempts[version] > max_retries:
+                log.error(
+                    "giving up: version %d of %s failed %d load(s): %s",
+                    version,
+                    self.model_name,
+                    attempts[version],
+                    failures[version],
+                )
+                return False
+            log.warning(
+                "retrying version %d of %s in %.1f s (retry %d of %d)",
+                version,
+                self.model_name,
+                retry_interval,
+                attempts[version],
+                max_retries,
+            )
+            if stop.wait(retry_interval):
+                break
+            with self._lock:
+                self._failures.pop(version, None)
+        return False
 
     def start(self, poll_seconds: float) -> None:
         """Poll in a background thread every `poll_seconds` (0: load once, no polling)."""

@@ -160,9 +160,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             return model
         model = self.manager.latest()
         if model is None:
+            # TF Serving's manager answers NOT_FOUND for Latest(name) with no loaded version.
             context.abort(
-                code.UNAVAILABLE,
-                f"no version of model {self.model_name!r} is loaded: "
+                code.NOT_FOUND,
+                f"Servable not found for request: {describe(spec)}; "
                 f"{self.manager.not_loaded_reason()}",
             )
         return model

@@ -127,12 +127,17 @@ def _wait_until_ok_after(load: Load, moment: float, count: int, timeout: float) 
 # -- 1. model server outage -------------------------------------------------------------
 
 
+# The gateway client's max reconnect backoff (2 s, grpc_client.channel_options) plus
+# gRPC's 20 % jitter: by then every worker's channel has found a reopened port.
+RECONNECT_WINDOW_S = 2.5
+
+
 @dataclass
 class OutageResult:
     outage_s: float  # from the kill until the restarted server reported SERVING
     before: dict[str, int]  # status counts of requests that ended before the kill
     during: dict[str, int]  # ... that started after the kill and ended before the restart
-    after: dict[str, int]  # ... that started once the first request after the restart succeeded
+    after: dict[str, int]  # ... that started RECONNECT_WINDOW_S after the first 200 after it
     error_codes_during: dict[str, int]
     error_answer_s: tuple[float, float]  # median and max time to a 503 during the outage
     recovered_after_s: float  # restarted server ready -> first 200
@@ -157,6 +162,9 @@ def model_server_outage(stack: FaultStack, photos, clients: int = 4,
         stack.server.wait_ready(READY_TIMEOUT_S)
         ready = time.monotonic()
         first_ok = _wait_until_ok_after(load, ready, 1, 60)
+        # The restarted server opens its port only once ready (as TF Serving does); each
+        # gateway worker's channel tries it again within its reconnect backoff.
+        time.sleep(RECONNECT_WINDOW_S)
         recovered = time.monotonic()
         time.sleep(settle_s)
     finally:

@@ -244,25 +244,27 @@ class ModelServer(Process):
         states = [v.get("state") for v in body.get("model_version_status", [])]
         return status == 200 and "AVAILABLE" in states
 
-    def is_answering(self) -> bool:
-        """The server takes requests (a version loaded or not)."""
-        self.check_alive()
-        if self.ready == "grpc":
-            import grpc
-
-            with grpc.insecure_channel(self.target) as channel:
-                try:
-                    grpc.channel_ready_future(channel).result(timeout=2.0)
-                except grpc.FutureTimeoutError:
+    def ports_closed(self) -> bool:
+        """Neither the gRPC nor the REST port accepts a connection (as before a version loads)."""
+        ports = [self.port] + ([self.rest_port] if self.rest_port else [])
+        for port in ports:
+            with socket.socket() as probe:
+                probe.settimeout(2.0)
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
                     return False
-            return True
-        return self.model_status()[0] in (200, 404)
+        return True
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         wait_for(self.is_ready, timeout, f"the model server on {self.target}", interval=0.3)
 
-    def wait_answering(self, timeout: float = 90.0) -> None:
-        wait_for(self.is_answering, timeout, f"the model server on {self.target} to answer")
+    def wait_polling(self, timeout: float = 90.0) -> None:
+        """Until the server has started and looks for its first version (ports still closed)."""
+
+        def polling() -> bool:
+            self.check_alive()
+            return "waiting for a version" in self.log()
+
+        wait_for(polling, timeout, f"the model server on {self.target} to poll for a version")
 
     def stats(self) -> dict:
         """The --stats-file: serving versions, load failures, batch counts ({} before its first)."""

@@ -307,6 +307,50 @@ def test_model_server_killed_then_restarted(stack, photos):
     assert requests.get(gw + "/readyz", timeout=10).status_code == 200
 
 
+def test_gateway_started_before_the_model_server_has_a_version(exported_model, tmp_path, photos):
+    """Both shapes of "no model yet": a closed port (TF Serving's start-up) and NOT_FOUND."""
+    base = tmp_path / "models" / "kitchenware"
+    server = ModelServer(base, tmp_path, poll_seconds=0.5)
+    env = {"TF_SERVING_HOST": server.target, "GRPC_TIMEOUT": "5"}
+    gw = guarded_gateway(tmp_path, env)
+    unknown = guarded_gateway(tmp_path, {**env, "MODEL_NAME": "not-loaded"})
+    photo = photos[0].read_bytes()
+    base.mkdir(parents=True)
+    try:
+        server.start().wait_polling()
+        gw.start()
+        assert server.ports_closed()
+        assert (
+            error_code(post(gw.url, files={"file": ("a.jpg", photo)}), 503) == "model_unavailable"
+        )
+        ready = requests.get(gw.url + "/readyz", timeout=GRPC_TIMEOUT)
+        assert error_code(ready, 503) == "model_unavailable"
+        assert "UNAVAILABLE" in ready.json()["error"]["message"]  # the refused connection
+
+        staging = base.parent / ".1-staging"
+        shutil.copytree(exported_model / "1", staging)
+        staging.rename(base / "1")  # appears whole, as an export does
+        server.wait_ready()
+
+        def answers():
+            return post(gw.url, files={"file": ("a.jpg", photo)}).status_code == 200
+
+        wait_for(answers, 60, "the gateway to answer once the first version loaded", interval=0.5)
+        assert requests.get(gw.url + "/readyz", timeout=10).status_code == 200
+
+        # The server answers, but the gateway's model has no loaded version: NOT_FOUND for
+        # Latest(not-loaded), as TF Serving answers for a model that is not loaded.
+        unknown.start()
+        response = post(unknown.url, files={"file": ("a.jpg", photo)})
+        assert error_code(response, 503) == "model_unavailable"
+        ready = requests.get(unknown.url + "/readyz", timeout=GRPC_TIMEOUT)
+        assert error_code(ready, 503) == "model_unavailable"
+        assert "not-loaded" in ready.json()["error"]["message"]
+    finally:
+        for process in (unknown, gw, server):
+            process.stop()
+
+
 def test_new_version_exported_while_serving(stack, photos):
     from kitchenware.export.savedmodel import export_saved_model
     from kitchenware.training.model import build_model

@@ -33,7 +33,7 @@ from kitchenware.serving.grpc_client import (
     ModelServerUnavailable,
     ServingClient,
 )
-from kitchenware.tools.stack import ModelServer
+from kitchenware.tools.stack import ModelServer, wait_for
 
 pytestmark = pytest.mark.slow
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -312,15 +312,60 @@ def test_new_versions_are_picked_up_and_broken_ones_skipped(server, base):
     assert "saved_model.pb" in states[3].status.error_message
 
 
+def test_a_broken_first_version_is_retried_then_the_server_exits(tmp_path):
+    base = tmp_path / "kitchenware"
+    (base / "1").mkdir(parents=True)
+    (base / "1" / "saved_model.pb").write_bytes(b"this is not a SavedModel")
+    retries = ["--max-num-load-retries", "2", "--load-retry-interval-seconds", "0.3"]
+    server = ModelServer(base, tmp_path, extra=retries)
+    server.start()
+    try:
+        code = server.proc.wait(120)
+        log = server.log()
+        assert code == 1, log
+        assert log.count("loading kitchenware version 1") == 3  # the first load + 2 retries
+        assert "giving up: version 1 of kitchenware failed 3 load(s)" in log
+        assert "saved_model.pb" in log  # the reason is in the last line
+        assert "listening" not in log  # no port was ever opened
+    finally:
+        server.kill()
+
+
+def test_a_first_version_fixed_during_the_retries_serves(exported_model, tmp_path):
+    base = tmp_path / "kitchenware"
+    broken = tmp_path / "broken"
+    shutil.copytree(exported_model / "1", broken)
+    (broken / "saved_model.pb").write_bytes(b"this is not a SavedModel")
+    base.mkdir()
+    os.rename(broken, base / "1")
+    retries = ["--max-num-load-retries", "100", "--load-retry-interval-seconds", "0.5"]
+    server = ModelServer(base, tmp_path, extra=retries)
+    server.start()
+    try:
+        wait_for(lambda: "retrying version 1" in server.log(), 90, "a retry")
+        assert server.ports_closed()
+        # Same mtime second is possible: the retry must not depend on the mtime changing.
+        mtime = (base / "1" / "saved_model.pb").stat().st_mtime
+        shutil.copy(exported_model / "1" / "saved_model.pb", base / "1" / "saved_model.pb")
+        os.utime(base / "1" / "saved_model.pb", (mtime, mtime))
+        server.wait_ready(90)
+        with ServingClient(server.target, timeout=30) as client:
+            assert client.predict(images(1)).version == 1
+    finally:
+        server.kill()
+
+
 def test_no_version_then_first_version_arrives(exported_model, tmp_path):
     empty = tmp_path / "kitchenware"
     server = ModelServer(empty, tmp_path, extra=["--batch-timeout-ms", "1500"])
-    server.start().wait_answering()
+    server.start().wait_polling()
     try:
-        assert health_status(server.target, "kitchenware") != SERVING
+        # Like TF Serving: no port is open before a version is AVAILABLE.
+        time.sleep(1.5)  # several polls of the empty folder
+        assert server.alive() and server.ports_closed()
         with ServingClient(server.target, timeout=5) as client:
             ready, reason = client.check_ready()
-            assert not ready and "no version" in reason
+            assert not ready
             with pytest.raises(ModelServerUnavailable):
                 client.predict(images(1))
 
@@ -329,7 +374,8 @@ def test_no_version_then_first_version_arrives(exported_model, tmp_path):
             # tensorflow/serving image has no gRPC health service to wait on.
             server.wait_ready(90)
             assert health_status(server.target, "kitchenware") == SERVING  # ours has one
-            assert client.check_ready()[0]
+            # The refused connections put the channel in reconnect backoff (at most 2 s).
+            wait_for(lambda: client.check_ready()[0], 15, "the client to reconnect")
             assert client.predict(images(1)).version == 1
 
             # Deadline shorter than the batch timeout: the client gives up in time.
@@ -373,6 +419,9 @@ def test_client_survives_a_server_restart(exported_model, tmp_path):
         assert not client.check_ready()[0]
 
         server.start(wait=True)  # same port; the same client (same channel) reconnects
+        # The port opens only once the version is loaded, and the channel retries a
+        # refused connection after its reconnect backoff (at most 2 s): wait that long.
+        wait_for(lambda: client.check_ready()[0], 15, "the client to reconnect")
         assert client.predict(images(1)).version == 1
         client.close()
     finally:
@@ -397,3 +446,9 @@ def test_cli_validates_the_batching_file_and_flags(tmp_path):
     assert refused.returncode == 2 and 'no field named "batch_size"' in refused.stderr
     assert "Traceback" not in refused.stderr
     assert cli("--port", "0", "--check-config").returncode == 2
+    negative = cli("--max-num-load-retries", "-1", "--check-config")
+    assert negative.returncode == 2 and "--max-num-load-retries must be >= 0" in negative.stderr
+    negative = cli("--load-retry-interval-seconds", "-1", "--check-config")
+    assert negative.returncode == 2 and "--load-retry-interval-seconds must be" in negative.stderr
+    # TF Serving's spelling of the retry flag works too.
+    assert cli("--max_num_load_retries", "0", "--check-config").returncode == 0
