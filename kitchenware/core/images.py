@@ -198,8 +198,8 @@ def load_image(
             )
         if size is not None and img.format == "JPEG":
             img.draft("RGB", (size, size))
-        needed = decode_bytes(img, size)
-        if max_decode_bytes is not None and needed > max_decode_bytes:
+        # The estimate only when asked: offline callers decode their own files unbounded.
+        if max_decode_bytes is not None and (needed := decode_bytes(img, size)) > max_decode_bytes:
             raise ImageTooLarge(
                 f"decoding this {width}x{height} {img.format} ({img.mode}) would take "
                 f"~{needed / 2**20:,.0f} MiB; the limit is {max_decode_bytes / 2**20:,.0f} MiB"

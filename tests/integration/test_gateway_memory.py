@@ -72,6 +72,7 @@ def test_bombs_and_photos_at_once_under_the_gateway_memory_limit(
     for kind, status in answers:
         by_kind.setdefault(kind, set()).add(status)
     assert by_kind == {"gif": {200}, "png": {200}, "webp": {413}, "photo": {200}}
+    print(f"\ncgroup peak {peak / 2**20:.0f} MiB of {limit / 2**20:.0f} MiB, OOM kills {kills}")
     assert kills == 0
     assert peak < limit
 
@@ -98,5 +99,6 @@ def test_a_worker_gives_decode_memory_back_after_the_bombs(exported_model, tmp_p
             with ThreadPoolExecutor(4) as pool:
                 statuses = list(pool.map(send, [gif_screen(), palette_png()] * 4))
             after = rss_kb(worker)
+    print(f"\nworker RSS {baseline // 1024} MB before 8 bombs, {after // 1024} MB after")
     assert statuses == [200] * 8
     assert after - baseline < 60 * 1024, f"worker RSS {baseline // 1024} -> {after // 1024} MB"
