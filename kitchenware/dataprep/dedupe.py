@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from PIL import Image
 
 from kitchenware.core.errors import ImageError
 from kitchenware.core.images import load_image
+from kitchenware.dataprep.workers import process_pool
 
 # Pixels are decoded at this square size before hashing. phash itself shrinks
 # to 32x32, so nothing is lost; JPEG draft decoding at 1/2..1/8 scale makes a
@@ -78,7 +78,7 @@ def fingerprint_files(
     if workers <= 1 or len(names) < 2:
         return list(wrap(map(fingerprint_file, names)))
     chunk = max(1, min(64, len(names) // (workers * 8)))
-    pool = ProcessPoolExecutor(max_workers=workers)
+    pool = process_pool(workers)
     try:
         results = list(wrap(pool.map(fingerprint_file, names, chunksize=chunk)))
     except BaseException:

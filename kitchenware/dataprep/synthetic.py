@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import io
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from kitchenware.core.config import add_fields, from_args, option
 from kitchenware.core.errors import KitchenwareError
 from kitchenware.core.labels import CLASSES
 from kitchenware.dataprep.drawing import draw_photo, encode_photo
+from kitchenware.dataprep.workers import process_pool
 
 # What the command writes; `--force` removes exactly these, nothing else.
 OUTPUT_FILES = (
@@ -189,7 +189,7 @@ def generate(
     originals = {original for _, original, _ in slots}
     kept: dict[int, bytes] = {}
     jobs = [(seed, it.index, it.label, width, height) for it in items if it.index not in copies]
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    pool = process_pool(workers) if workers > 1 else None
     try:
         chunk = max(1, min(32, len(jobs) // (workers * 8)))
         rendered = pool.map(_render, jobs, chunksize=chunk) if pool else map(_render, jobs)

@@ -541,3 +541,15 @@ def test_quotas_add_up_and_groups_never_straddle():
             n = sum(lab == label for lab, _ in items.values())
             val = sum(exact[i] == "val" for i, (lab, _) in items.items() if lab == label)
             assert abs(val - frac * n) < 1
+
+
+def test_image_workers_are_spawned_not_forked():
+    """A forked worker of a process with gRPC/TensorFlow threads can die at random
+    (seen in this suite: BrokenProcessPool after 'skipping fork() handlers')."""
+    from kitchenware.dataprep.workers import process_pool
+
+    pool = process_pool(2)
+    try:
+        assert pool._mp_context.get_start_method() == "spawn"
+    finally:
+        pool.shutdown()
