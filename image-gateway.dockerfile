@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # HTTP gateway: Flask under gunicorn, talking gRPC to the model server.
 # No TensorFlow: only requirements/gateway.txt (the TF protos come from
 # tensorflow-protobuf) plus tensorflow-serving-api installed with --no-deps,

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Model server: the official TensorFlow Serving image with the exported
 # Kitchenware SavedModel baked in (one immutable image per model version).
 #
@@ -11,7 +10,8 @@
 ARG TF_SERVING_VERSION=2.19.0
 FROM tensorflow/serving:${TF_SERVING_VERSION}
 
-# Which folder of models/kitchenware/ (what `kitchenware export` wrote) goes in.
+# The export to bake in: MODEL_DIR/MODEL_VERSION (what `kitchenware export` wrote).
+ARG MODEL_DIR=models/kitchenware
 ARG MODEL_VERSION=1
 
 # The base image's entrypoint runs
@@ -23,10 +23,11 @@ ENV MODEL_NAME=kitchenware \
     MODEL_BASE_PATH=/models \
     REST_PORT=8501
 
-COPY models/kitchenware/${MODEL_VERSION} /models/kitchenware/${MODEL_VERSION}
+COPY ${MODEL_DIR}/${MODEL_VERSION} /models/kitchenware/${MODEL_VERSION}
 COPY serving/batching_parameters.txt /etc/kitchenware/batching_parameters.txt
 # TF Serving's image has bash but no curl: the check talks HTTP through /dev/tcp.
-COPY --chmod=0755 serving/model-healthcheck.sh /usr/local/bin/model-healthcheck
+# Its file mode (0755) comes from git: Docker 20.10's builder has no COPY --chmod.
+COPY serving/model-healthcheck.sh /usr/local/bin/model-healthcheck
 
 # Nothing here needs root: serve as an unprivileged user (Kubernetes also
 # enforces runAsNonRoot with this uid).

@@ -1,0 +1,95 @@
+"""The deployment run for real: both images built and run under Docker, in a sandbox.
+
+`make compose-test` runs this folder (it is not part of `make test`). The
+session builds the images once with a build-only daemon, then starts the run
+daemon inside a loopback-only network namespace (kitchenware.tools.docker_sandbox);
+every container and every client of the published ports lives there. The
+sandbox checks on the way out that the machine's iptables rules and ip_forward
+are unchanged, and its failure fails the session.
+
+Without root or Docker the tests skip with the reason, unless
+KITCHENWARE_REQUIRE_DOCKER=1 (set by `make compose-test`): then they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support.docker_stack import (
+    BUILD,
+    DATA_ROOT,
+    IMAGE_TAG,
+    MODEL_DIR,
+    MODEL_SIZE,
+    MODEL_VERSION,
+)
+from support.paths import MINI_DATA, REPO
+
+from kitchenware.tools import docker_sandbox
+from kitchenware.tools.docker_images import build_stack
+from kitchenware.tools.stack import export_untrained_model
+
+FIGURES = BUILD / "figures.json"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        item.add_marker(pytest.mark.docker)
+
+
+@pytest.fixture(scope="session")
+def figures():
+    """Measured figures of this run, written to build/compose-test/figures.json at the end."""
+    found: dict = {}
+    yield found
+    BUILD.mkdir(parents=True, exist_ok=True)
+    FIGURES.write_text(json.dumps(found, indent=2, sort_keys=True) + "\n")
+    print(f"\ncompose-test figures ({FIGURES.relative_to(REPO)}):\n{json.dumps(found, indent=2)}")
+
+
+@pytest.fixture(scope="session")
+def sandbox(figures):
+    """The run daemon in its namespace, with both images built; yields (Sandbox, BuiltImages)."""
+    reason = docker_sandbox.unavailable_reason()
+    if reason:
+        if os.environ.get("KITCHENWARE_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"the Docker sandbox cannot run here: {reason}")
+        pytest.skip(f"the Docker sandbox cannot run here: {reason}")
+    if not (REPO / MODEL_DIR / str(MODEL_VERSION) / "saved_model.pb").is_file():
+        started = time.monotonic()
+        export_untrained_model(REPO / MODEL_DIR, size=MODEL_SIZE, version=MODEL_VERSION)
+        figures["export_s"] = round(time.monotonic() - started, 1)
+    with docker_sandbox.Sandbox(DATA_ROOT) as box:
+        with box.daemon("build"):
+            built = build_stack(box, MODEL_DIR, MODEL_VERSION, IMAGE_TAG)
+        figures["images"] = {
+            "model_dockerfile": built.model_dockerfile,
+            "python_image": built.python_image,
+            "build_s": {k: round(v, 1) for k, v in built.seconds.items()},
+            "size_mb": {k: round(v, 1) for k, v in built.sizes_mb.items()},
+            "notes": built.notes,
+        }
+        with box.daemon("run"):
+            yield box, built
+        figures["network_unchanged_before_exit"] = not box.network_changes()
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> list[Path]:
+    """A few real photos (../shared/data/kitchenware-mini), else drawn sample data."""
+    images = sorted((MINI_DATA / "images").glob("*.jpg"))
+    if images:
+        return images[:: max(1, len(images) // 6)][:6]
+    out = tmp_path_factory.mktemp("compose-sample") / "kaggle"
+    subprocess.run(
+        [sys.executable, "-m", "kitchenware.cli", "sample-data", str(out),
+         "--per-class", "1", "--test-per-class", "1", "--size", "96"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return sorted((out / "images").glob("*.jpg"))[:6]

@@ -1,0 +1,184 @@
+"""docker-compose.yaml, up for real: healthchecks, test.py, refusals, a model crash, memory.
+
+The tests run in file order on one stack; the crash comes last but one, so that
+the memory figures are those of the first model container's life.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from support.docker_stack import (
+    BUILD,
+    IMAGE_TAG,
+    MODEL_DIR,
+    MODEL_VERSION,
+    container_memory,
+    curl,
+    inspect,
+    save_logs,
+    wait_healthy,
+    wait_until,
+)
+from support.paths import REPO
+
+from kitchenware.core.labels import CLASSES
+
+PROJECT = "kwcompose"
+MODEL = f"{PROJECT}_model_1"
+GATEWAY = f"{PROJECT}_gateway_1"
+GATEWAY_URL = "http://127.0.0.1:9696"
+COLD_START_LIMIT_S = 240
+
+
+@pytest.fixture(scope="module")
+def compose(sandbox, figures):
+    box, built = sandbox
+    env = box.env(
+        MODEL_DOCKERFILE=built.model_dockerfile,
+        PYTHON_IMAGE=built.python_image,
+        IMAGE_TAG=IMAGE_TAG,
+        MODEL_DIR=MODEL_DIR,
+        MODEL_VERSION=str(MODEL_VERSION),
+    )
+    argv = [
+        "docker-compose",
+        "--project-name",
+        PROJECT,
+        "--file",
+        str(REPO / "docker-compose.yaml"),
+    ]
+
+    def compose_cmd(*args: str) -> subprocess.CompletedProcess:
+        return box.in_netns([*argv, *args], env=env, cwd=REPO, capture_output=True, text=True)
+
+    started = time.monotonic()
+    # `up` returns once the model is healthy: the gateway depends on it being so.
+    up = compose_cmd("up", "--detach", "--no-build")
+    assert up.returncode == 0, up.stderr
+    try:
+        cold = wait_healthy(box, [MODEL, GATEWAY], COLD_START_LIMIT_S, started)
+        figures["compose_cold_start_to_healthy_s"] = cold
+        yield box
+    finally:
+        save_logs(box, [MODEL, GATEWAY], BUILD / "logs" / "compose")
+        down = compose_cmd("down", "--volumes", "--timeout", "20")
+        assert down.returncode == 0, down.stderr
+    left = box.output(
+        "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={PROJECT}"
+    )
+    assert left == "", f"containers left after down: {left}"
+
+
+def test_containers_run_as_compose_and_the_images_declare(compose):
+    for name, memory in ((MODEL, 2 * 1024**3), (GATEWAY, 512 * 1024**2)):
+        info = inspect(compose, name)
+        assert info["HostConfig"]["ReadonlyRootfs"] is True, name
+        assert info["HostConfig"]["Memory"] == memory, name
+        assert info["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped", name
+        uid = compose.docker("exec", name, "id", "-u", capture_output=True, text=True).stdout
+        assert uid.strip() == "10001", name
+        write = compose.docker(
+            "exec", name, "touch", "/probe", check=False, capture_output=True, text=True
+        )
+        assert write.returncode != 0 and "Read-only file system" in write.stderr, name
+
+
+def test_model_status_api_answers_like_tf_serving(compose):
+    answer = curl(compose, "http://127.0.0.1:8501/v1/models/kitchenware")
+    assert answer.status == 200, answer.body
+    (version,) = answer.json()["model_version_status"]
+    assert version == {
+        "version": str(MODEL_VERSION),
+        "state": "AVAILABLE",
+        "status": {"error_code": "OK", "error_message": ""},
+    }
+    missing = curl(compose, "http://127.0.0.1:8501/v1/models/kitchenware/versions/7")
+    assert missing.status == 404, missing.body
+
+
+def test_test_py_classifies_photos_through_the_published_port(compose, photos):
+    done = compose.in_netns(
+        [sys.executable, str(REPO / "test.py"), "--gateway", GATEWAY_URL, *map(str, photos)],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    for photo in photos:
+        line = next(line for line in done.stdout.splitlines() if photo.name in line)
+        assert any(label in line for label in CLASSES), line
+
+
+def test_refused_url_and_garbage_upload_get_json_errors(compose, tmp_path):
+    # The namespace has no route off the machine, so even a broken guard could not connect.
+    refused = curl(
+        compose, f"{GATEWAY_URL}/predict", "--header", "Content-Type: application/json",
+        "--data", '{"url": "http://169.254.169.254/latest/meta-data/"}',
+    )  # fmt: skip
+    assert refused.status == 422, refused.body
+    assert refused.json()["error"]["code"] == "url_refused"
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(os.urandom(4096))
+    upload = curl(compose, f"{GATEWAY_URL}/predict", "--form", f"file=@{garbage}")
+    assert upload.status in (400, 415), upload.body
+    assert upload.json()["error"]["message"]
+
+
+def test_memory_stays_under_each_limit(compose, photos, figures):
+    # A burst of whole batches first, so the model's peak includes real inference.
+    burst = [
+        subprocess.Popen(
+            [
+                "nsenter",
+                f"--net={compose.netns_path}",
+                sys.executable,
+                str(REPO / "test.py"),
+                "--gateway",
+                GATEWAY_URL,
+                *map(str, photos),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+        )  # fmt: skip
+        for _ in range(4)
+    ]
+    assert [client.wait(120) for client in burst] == [0] * len(burst)
+    measured = {}
+    for name in (MODEL, GATEWAY):
+        peak, limit = container_memory(compose, name)
+        measured[name] = {"peak_mb": round(peak / 2**20), "limit_mb": round(limit / 2**20)}
+        assert peak < 0.9 * limit, f"{name}: peak {peak / 2**20:.0f} MiB of {limit / 2**20:.0f}"
+    figures["compose_memory"] = measured
+
+
+def test_model_crash_gives_503_then_the_restart_policy_recovers(compose, photos, figures):
+    gateway_before = inspect(compose, GATEWAY)["State"]["StartedAt"]
+    model = inspect(compose, MODEL)
+    # SIGKILL from outside, as the kernel's OOM killer would: `docker kill` marks the
+    # container as stopped by hand, and restart policies ignore those.
+    killed = time.monotonic()
+    os.kill(model["State"]["Pid"], signal.SIGKILL)
+    wait_until(
+        lambda: curl(compose, f"{GATEWAY_URL}/readyz", timeout=5).status == 503,
+        timeout=30, what="the gateway's /readyz turning 503 after the model died",
+    )  # fmt: skip
+    down = curl(compose, f"{GATEWAY_URL}/predict", "--form", f"file=@{photos[0]}")
+    assert down.status == 503, down.body
+    assert down.json()["error"]["code"]
+    recovered = wait_until(
+        lambda: curl(compose, f"{GATEWAY_URL}/readyz", timeout=5).status == 200,
+        timeout=180, what="recovery after the model restarted",
+    )  # fmt: skip
+    assert recovered
+    figures["compose_model_crash_to_ready_s"] = round(time.monotonic() - killed, 1)
+    after = inspect(compose, MODEL)
+    assert after["RestartCount"] == model["RestartCount"] + 1
+    assert inspect(compose, GATEWAY)["State"]["StartedAt"] == gateway_before, "gateway restarted"
+    done = curl(compose, f"{GATEWAY_URL}/predict", "--form", f"file=@{photos[0]}")
+    assert done.status == 200, done.body
+    figures["compose_model_restarts"] = after["RestartCount"]
