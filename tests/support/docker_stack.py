@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,3 +106,63 @@ def save_logs(box: Sandbox, containers: list[str], folder: Path) -> None:
     for name in containers:
         done = box.docker("logs", name, check=False, capture_output=True, text=True)
         (folder / f"{name}.log").write_text(done.stdout + done.stderr)
+
+
+def container_ip(box: Sandbox, container: str, network: str) -> str:
+    return inspect(box, container)["NetworkSettings"]["Networks"][network]["IPAddress"]
+
+
+def probe_once(box: Sandbox, container: str, ip: str, ports: dict[str, int], probe: dict) -> str:
+    """'' when one run of a Kubernetes probe passes, else why it failed (kubelet's rules)."""
+    timeout = probe.get("timeoutSeconds", 1)
+    try:
+        if "exec" in probe:
+            done = box.docker("exec", container, *probe["exec"]["command"], check=False,
+                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
+            return "" if done.returncode == 0 else f"exit {done.returncode}: {done.stderr.strip()}"
+        if "httpGet" in probe:
+            get = probe["httpGet"]
+            port = ports.get(get["port"], get["port"])
+            answer = curl(box, f"http://{ip}:{port}{get.get('path', '/')}", timeout=timeout)
+            return "" if 200 <= answer.status < 400 else f"HTTP {answer.status}"
+        if "tcpSocket" in probe:
+            port = ports.get(probe["tcpSocket"]["port"], probe["tcpSocket"]["port"])
+            code = f"import socket; socket.create_connection(({ip!r}, {port}), {timeout}).close()"
+        elif "grpc" in probe:
+            port = probe["grpc"]["port"]
+            code = (
+                "import grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; "
+                f"c = grpc.insecure_channel('{ip}:{port}'); "
+                f"r = g.HealthStub(c).Check(h.HealthCheckRequest(service={probe['grpc'].get('service', '')!r}), timeout={timeout}); "
+                "assert r.status == h.HealthCheckResponse.SERVING, r"
+            )
+        else:
+            raise AssertionError(f"probe kind not implemented: {sorted(probe)}")
+        done = box.in_netns([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=timeout + 5)  # fmt: skip
+        return "" if done.returncode == 0 else done.stderr.strip().splitlines()[-1]
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout} s"
+
+
+def await_probe(box, container, ip, ports, probe, kind: str, deadline_s: float) -> float:
+    """Run a probe every periodSeconds as kubelet does; seconds until it passed.
+
+    Startup and liveness probes fail the test after failureThreshold failures in a
+    row (kubelet would restart the container); readiness keeps trying until deadline_s.
+    """
+    started = time.monotonic()
+    time.sleep(probe.get("initialDelaySeconds", 0))
+    failures, threshold = 0, probe.get("failureThreshold", 3)
+    while True:
+        problem = probe_once(box, container, ip, ports, probe)
+        if not problem:
+            return round(time.monotonic() - started, 1)
+        failures += 1
+        if kind != "readinessProbe" and failures >= threshold:
+            raise AssertionError(f"{container} {kind}: {failures} failures in a row: {problem}")
+        if time.monotonic() - started > deadline_s:
+            raise AssertionError(
+                f"{container} {kind}: not passing after {deadline_s:g} s: {problem}"
+            )
+        time.sleep(probe.get("periodSeconds", 10))
