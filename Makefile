@@ -20,6 +20,7 @@ help:
 	@echo "make lock    - regenerate the pinned requirements/*.txt from pyproject.toml"
 	@echo "make load    - 8 clients x 60 s against gateway + model server (make load-sweep: plot)"
 	@echo "make faults  - kill/slow/broken scenarios under load; make bench: every benchmark"
+	@echo "make compose-test - build both images, run compose and the kind pod specs under Docker (root, Linux)"
 
 $(BIN)/.installed: pyproject.toml requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,7 +66,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-demo: venv
+demo: venv gateway-venv
 	$(BIN)/python -m kitchenware.tools.demo --dir $(DEMO_DIR)
 
 # The quality report (docu/QUALITY.md): the documented recipe on real photos,
@@ -79,7 +80,7 @@ MODEL_BASE ?= models/kitchenware
 skew-check: venv
 	$(BIN)/python -m kitchenware.tools.skew $(MODEL_BASE)
 
-serve: venv
+serve: venv gateway-venv
 	$(BIN)/python -m kitchenware.tools.serve
 
 # Pinned requirement files, generated from pyproject.toml in throw-away venvs.
@@ -146,7 +147,7 @@ TEST_IMAGES ?=
 DEPLOY_SAMPLE := build/deploy-sample
 
 .PHONY: need-docker need-compose need-kind need-kubectl need-eksctl need-aws model-check \
-	images compose-up compose-down compose-test kind-up kind-load kind-deploy kind-test \
+	images compose-up compose-down compose-test compose-smoke docker-deps kind-up kind-load kind-deploy kind-test \
 	kind-down ecr-push eks-up eks-deploy eks-test eks-down diagram smoke-images
 
 need-docker:
@@ -181,9 +182,32 @@ compose-up: need-compose model-check gateway-venv
 	MODEL_VERSION=$(MODEL_VERSION) IMAGE_TAG=$(IMAGE_TAG) $(COMPOSE) -f docker-compose.yaml up -d --build
 	$(GW_VENV)/bin/python -m kitchenware.tools.wait_ready $(COMPOSE_URL) --timeout 300
 
-compose-test: gateway-venv smoke-images
+# Against a stack you started with compose-up (any Docker host, no root needed).
+compose-smoke: gateway-venv smoke-images
 	$(GW_VENV)/bin/python -m kitchenware.tools.wait_ready $(COMPOSE_URL) --timeout 60
 	$(GW_VENV)/bin/python test.py --gateway $(COMPOSE_URL) $(SMOKE_IMAGES)
+
+# The deployment run for real (tests/docker, root on Linux): builds both images with a
+# daemon that has no networking, runs docker-compose.yaml and the kind overlay's pod
+# specs under a second daemon inside a loopback-only network namespace, and checks
+# that the machine's iptables rules and ip_forward are unchanged. Cleans up after
+# itself, also after a failure or Ctrl-C.
+compose-test: venv docker-deps
+	KITCHENWARE_REQUIRE_DOCKER=1 $(BIN)/python -m pytest tests/docker; \
+	  status=$$?; $(BIN)/python -m kitchenware.tools.docker_sandbox cleanup; exit $$status
+
+# Debian's Docker engine, docker-compose, mmdebstrap (the stand-in base image) and curl.
+docker-deps:
+	@missing=""; \
+	for tool in dockerd:docker.io docker-compose:docker-compose mmdebstrap:mmdebstrap curl:curl nsenter:util-linux iptables-save:iptables; do \
+	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "make compose-test needs root (dockerd, network namespaces)" >&2; exit 1; fi; \
+	fi
 
 compose-down: need-compose
 	$(COMPOSE) -f docker-compose.yaml down

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kitchenware.cli import main as kitchenware
-from kitchenware.tools.stack import ServingStack
+from kitchenware.tools.stack import ServingStack, gateway_python_note
 
 
 def _run(*argv: str) -> None:
@@ -99,7 +99,9 @@ def serve_and_classify(demo: Path) -> None:
         raise SystemExit(f"demo: no test images under {demo / 'data'}")
     logs = demo / "serve-logs"
     shutil.rmtree(logs, ignore_errors=True)
-    with ServingStack(base, log_dir=logs) as stack:
+    stack = ServingStack(base, log_dir=logs)
+    print(gateway_python_note(stack.gateway.python), flush=True)
+    with stack:
         print(f"model server + gateway starting (logs: {logs}/) ...", flush=True)
         stack.wait_ready()
         print(f"gateway ready at {stack.url}/ serving {base} (versions {versions(base)})")

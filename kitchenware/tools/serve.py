@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kitchenware.core.contract import GATEWAY_PORT, GRPC_PORT, REST_PORT, versions
 from kitchenware.core.errors import KitchenwareError
-from kitchenware.tools.stack import ServingStack
+from kitchenware.tools.stack import ServingStack, gateway_python_note
 
 
 def demo_model(demo_dir: Path) -> Path:
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         if not versions(base):
             base = demo_model(args.demo_dir)
         stack = ServingStack(base, args.port, args.grpc_port, REST_PORT, args.host, args.workers)
+        print(f"serve: {gateway_python_note(stack.gateway.python)}", flush=True)
         with stack:
             print(f"serve: model server on 127.0.0.1:{args.grpc_port} serving {base} "
                   f"(versions {versions(base)}); waiting until ready ...", flush=True)  # fmt: skip

@@ -291,6 +291,17 @@ def gateway_python() -> str:
     return sys.executable
 
 
+def gateway_python_note(python: str) -> str:
+    """One line for the user: does the gateway run TF-free, as its image does?"""
+    if python == str(GATEWAY_VENV_PYTHON):
+        return "gateway: gunicorn in .venv-gateway (TensorFlow-free, as in its image)"
+    return (
+        "gateway: WARNING .venv-gateway is missing or broken, so gunicorn runs in this venv, "
+        "where each worker imports TensorFlow through the protos (~600 MB instead of ~80 MB); "
+        "`make gateway-venv` builds it"
+    )
+
+
 class Gateway(Process):
     """The gateway under gunicorn (gunicorn.conf.py), configured by `env` like a deployment.
 

@@ -15,6 +15,7 @@ from support.deploy_tools import (
     HEALTHCHECK,
     MAKEFILE,
     MODEL_DOCKERFILE,
+    PYTHON_MODEL_DOCKERFILE,
     base_docs,
     batching_text_fields,
     compose,
@@ -57,16 +58,21 @@ def test_model_name_agrees_everywhere():
     assert set(names.values()) == {"kitchenware"}, names
 
 
-def test_model_dockerfile_copies_what_export_writes():
+@pytest.mark.parametrize("dockerfile", [MODEL_DOCKERFILE, PYTHON_MODEL_DOCKERFILE])
+def test_model_dockerfile_copies_what_export_writes(dockerfile):
     from kitchenware.cli import build_parser
 
-    args = dockerfile_args(MODEL_DOCKERFILE)
-    env = dockerfile_env(MODEL_DOCKERFILE)
-    copies = {expand_args(d, args): s for s, d in dockerfile_copies(MODEL_DOCKERFILE)}
+    args = dockerfile_args(dockerfile)
+    env = dockerfile_env(dockerfile)
+    copies = {expand_args(d, args): s for s, d in dockerfile_copies(dockerfile)}
     served = f"{env['MODEL_BASE_PATH']}/{env['MODEL_NAME']}/{args['MODEL_VERSION']}"
     assert served in copies, f"the model must land where TF Serving looks: {served}"
     export_out = build_parser("export")[0].parse_args([]).out
-    assert copies[served] == [f"{export_out}/${{MODEL_VERSION}}"]
+    assert [expand_args(s, args) for s in copies[served]] == [
+        f"{export_out}/{args['MODEL_VERSION']}"
+    ]
+    if dockerfile != MODEL_DOCKERFILE:
+        return
     server_base = build_parser("model-server")[0].parse_args([]).model_base_path
     assert server_base == export_out
     assert "models/kitchenware/$(MODEL_VERSION)/saved_model.pb" in MAKEFILE.read_text()

@@ -247,6 +247,7 @@ KUBE = REPO / "kube-config"
 BASE = KUBE / "base"
 OVERLAYS = ["kind", "eks"]
 MODEL_DOCKERFILE = REPO / "image-model.dockerfile"
+PYTHON_MODEL_DOCKERFILE = REPO / "image-model-python.dockerfile"
 GATEWAY_DOCKERFILE = REPO / "image-gateway.dockerfile"
 COMPOSE = REPO / "docker-compose.yaml"
 BATCHING_FILE = REPO / "serving" / "batching_parameters.txt"

@@ -1,0 +1,89 @@
+"""The TF-Serving-compatible model image agrees with the official one, and the pod specs translate.
+
+What only Docker can show runs in tests/docker (`make compose-test`); these are
+the agreements a text can prove, in `make test` on every machine.
+"""
+
+from __future__ import annotations
+
+from support.deploy_tools import (
+    KUBE,
+    MODEL_DOCKERFILE,
+    PYTHON_MODEL_DOCKERFILE,
+    dockerfile_copies,
+    dockerfile_env,
+    dockerfile_instructions,
+    dockerfile_values,
+    render_kustomization,
+)
+from support.paths import REPO
+from support.pod_spec import memory_bytes, pod_containers
+
+DOCKERFILES = sorted(REPO.glob("*.dockerfile"))
+
+
+def pins(name: str) -> dict[str, str]:
+    lines = (REPO / "requirements" / name).read_text().splitlines()
+    return dict(line.lower().replace("_", "-").split("==") for line in lines if "==" in line)
+
+
+def test_both_model_images_offer_the_same_contract():
+    official, ours = dockerfile_env(MODEL_DOCKERFILE), dockerfile_env(PYTHON_MODEL_DOCKERFILE)
+    for key in ("MODEL_NAME", "MODEL_BASE_PATH", "REST_PORT"):
+        assert ours[key] == official[key], key
+    for keyword in ("EXPOSE", "HEALTHCHECK", "USER"):
+        assert dockerfile_values(PYTHON_MODEL_DOCKERFILE, keyword) == dockerfile_values(
+            MODEL_DOCKERFILE, keyword
+        ), keyword
+    destinations = {dest for _, dest in dockerfile_copies(MODEL_DOCKERFILE, last_stage_only=True)}
+    ours_copied = {
+        dest for _, dest in dockerfile_copies(PYTHON_MODEL_DOCKERFILE, last_stage_only=True)
+    }
+    assert destinations <= ours_copied
+
+
+def test_model_image_runs_the_tests_tensorflow_numpy_and_grpc():
+    image, tests = pins("model-server.txt"), pins("dev.txt")
+    for name in ("tensorflow-cpu", "numpy", "grpcio", "protobuf", "keras"):
+        assert image[name] == tests[name], name
+    assert "pandas" not in image and "matplotlib" not in image
+
+
+def test_dockerfiles_build_with_the_plain_builder_of_docker_20_10():
+    assert len(DOCKERFILES) == 3
+    for dockerfile in DOCKERFILES:
+        # A syntax directive makes BuildKit pull its frontend from a registry.
+        assert not dockerfile.read_text().startswith("# syntax="), dockerfile.name
+        for keyword, rest in dockerfile_instructions(dockerfile):
+            if keyword in ("COPY", "ADD"):
+                assert "--chmod" not in rest and "--link" not in rest, (dockerfile.name, rest)
+
+
+def test_the_kind_overlay_translates_to_docker_run_field_by_field():
+    resources = render_kustomization(KUBE / "overlays" / "kind")
+    services = [doc for doc in resources if doc["kind"] == "Service"]
+    images = {"kitchenware-model": "model:t", "kitchenware-gateway": "gateway:t"}
+    by_name = {}
+    for doc in resources:
+        if doc["kind"] == "Deployment":
+            (container,) = pod_containers(doc, services, images, "net", 0)
+            by_name[doc["metadata"]["name"]] = container
+    model, gateway = by_name["model"], by_name["gateway"]
+    for container, memory in ((model, "2Gi"), (gateway, "512Mi")):
+        args = container.run_args
+        assert {"--read-only", "--cap-drop=ALL", "no-new-privileges"} <= set(args)
+        assert args[args.index("--user") + 1] == "10001:10001"
+        assert args[args.index("--memory") + 1] == str(memory_bytes(memory))
+        assert any(a.startswith("/tmp:rw") for a in args)
+    # The gateway's TF_SERVING_HOST names the headless Service the model answers to.
+    host = next(a for a in gateway.run_args if a.startswith("TF_SERVING_HOST="))
+    name = host.split("dns:///", 1)[1].rsplit(":", 1)[0]
+    assert name in model.run_args
+    assert model.image == "model:t" and gateway.pre_stop
+
+
+def test_memory_quantities():
+    assert memory_bytes("512Mi") == 512 * 2**20
+    assert memory_bytes("2Gi") == 2 * 2**30
+    assert memory_bytes("1G") == 10**9
+    assert memory_bytes("1000") == 1000
