@@ -124,7 +124,7 @@ class Sandbox:
             result = subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)
             if result.returncode:
                 problems.append(f"ip netns delete {self.name}: {result.stderr.decode().strip()}")
-        shutil.rmtree(self.state, ignore_errors=True)
+        remove_state(self.state)
         for signum, handler in self._old_handlers.items():
             signal.signal(signum, handler)
         changed = self.network_changes()
@@ -266,10 +266,33 @@ def _raise_interrupt(signum, _frame):
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
-def cleanup(log=print) -> int:
-    """Stop daemons and delete namespaces that a killed sandbox left behind; how many."""
+def remove_state(folder: Path) -> None:
+    """Delete a sandbox's state folder, unmounting what dockerd left mounted in it.
+
+    A daemon without a bridge bind-mounts the host's network namespace at
+    exec/netns/default and leaves it there when it stops.
+    """
+    prefix = f"{folder}/"
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(prefix)), reverse=True):
+        subprocess.run(["umount", "--lazy", mount], check=False, capture_output=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _owner_alive(state: Path) -> bool:
+    """Whether the process that made this sandbox (its name ends in the pid) still runs."""
+    pid = state.name.removeprefix(NETNS_PREFIX)
+    return pid.isdigit() and Path(f"/proc/{pid}").exists()
+
+
+def cleanup(log=print, state_root: Path = STATE_ROOT) -> int:
+    """Stop daemons and delete namespaces that killed sandboxes left behind; how many.
+
+    Sandboxes whose owning process still runs are left alone.
+    """
     count = 0
-    for pidfile in sorted(STATE_ROOT.glob("*/*/dockerd.pid")):
+    orphans = [state for state in state_root.glob(f"{NETNS_PREFIX}*") if not _owner_alive(state)]
+    for pidfile in sorted(p for state in orphans for p in state.glob("*/dockerd.pid")):
         with contextlib.suppress(ValueError, ProcessLookupError):
             pid = int(pidfile.read_text().strip())
             os.kill(pid, signal.SIGTERM)
@@ -282,11 +305,12 @@ def cleanup(log=print) -> int:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for line in netns.splitlines():
         name = line.split()[0] if line.strip() else ""
-        if name.startswith(NETNS_PREFIX):
+        if name.startswith(NETNS_PREFIX) and not _owner_alive(Path(name)):
             subprocess.run(["ip", "netns", "delete", name], check=False)
             log(f"cleanup: deleted network namespace {name}")
             count += 1
-    shutil.rmtree(STATE_ROOT, ignore_errors=True)
+    for state in orphans:
+        remove_state(state)
     return count
 
 
