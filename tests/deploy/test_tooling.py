@@ -15,6 +15,7 @@ from support.deploy_tools import (
     GATEWAY_DOCKERFILE,
     MAKEFILE,
     MODEL_DOCKERFILE,
+    PYTHON_MODEL_DOCKERFILE,
     dockerfile_instructions,
     dockerfile_values,
     makefile_prerequisites,
@@ -56,7 +57,11 @@ def test_compose_file_passes_docker_compose_config(tmp_path):
     assert check(broken).returncode != 0
 
 
-@pytest.mark.parametrize("dockerfile", [MODEL_DOCKERFILE, GATEWAY_DOCKERFILE], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "dockerfile",
+    [MODEL_DOCKERFILE, PYTHON_MODEL_DOCKERFILE, GATEWAY_DOCKERFILE],
+    ids=lambda p: p.name,
+)
 def test_dockerfile_passes_hadolint(dockerfile, tmp_path):
     hadolint = tool_or_skip("hadolint")
 
