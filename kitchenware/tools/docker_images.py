@@ -130,7 +130,9 @@ def build_stack(
     box: Sandbox, model_dir: str, model_version: int, tag: str, log=print
 ) -> BuiltImages:
     """Both images of the compose stack, tagged like docker-compose.yaml names them."""
+    started = time.monotonic()
     base = python_image(box, log=log)
+    base_seconds = time.monotonic() - started
     dockerfile, why = model_dockerfile(box)
     log(f"images: model image from {dockerfile}: {why}")
     built = BuiltImages(
@@ -140,6 +142,7 @@ def build_stack(
         python_image=base,
         notes=[why],
     )
+    built.seconds["base"] = base_seconds
     model_args = {"MODEL_DIR": model_dir, "MODEL_VERSION": str(model_version)}
     if dockerfile == PYTHON_MODEL_DOCKERFILE:
         model_args["PYTHON_IMAGE"] = base
