@@ -36,6 +36,12 @@ from kitchenware.tools.docker_images import build_stack
 from kitchenware.tools.stack import export_untrained_model
 
 FIGURES = BUILD / "figures.json"
+PRUNE_ABOVE_BYTES = 15 * 2**30
+
+
+def data_root_bytes() -> int:
+    done = subprocess.run(["du", "-sb", str(DATA_ROOT)], capture_output=True, text=True)
+    return int(done.stdout.split()[0]) if done.returncode == 0 else 0
 
 
 def pytest_collection_modifyitems(items):
@@ -68,6 +74,10 @@ def sandbox(figures):
     with docker_sandbox.Sandbox(DATA_ROOT) as box:
         with box.daemon("build"):
             built = build_stack(box, MODEL_DIR, MODEL_VERSION, IMAGE_TAG)
+            # Earlier runs' images, untagged by this one, fill the data root over time;
+            # pruning also drops the build stages the next build reuses, so only when big.
+            if data_root_bytes() > PRUNE_ABOVE_BYTES:
+                box.docker("image", "prune", "--force", capture_output=True)
         figures["images"] = {
             "model_dockerfile": built.model_dockerfile,
             "python_image": built.python_image,
