@@ -46,8 +46,8 @@ def probe_answers(url: str, path: str) -> list[int | None]:
 
 
 @pytest.fixture
-def stopped_model_server(exported_model, tmp_path):
-    """A real model server, ready, then SIGSTOPped: calls to it hang until their deadline."""
+def model_server(exported_model, tmp_path):
+    """A real model server, ready (continued at the end if a test stopped it)."""
     base = tmp_path / "models" / "kitchenware"
     shutil.copytree(exported_model, base)
     with ModelServer(base, tmp_path) as server:
@@ -56,24 +56,27 @@ def stopped_model_server(exported_model, tmp_path):
         server.proc.send_signal(signal.SIGCONT)
 
 
+def stop_after_one_answer(server: ModelServer, gateway, photo: bytes) -> None:
+    """SIGSTOP the model server once the gateway has answered through it: calls then hang."""
+    gateway.wait_ready()  # the gateway's gRPC channels connect and learn the model's size
+    assert post_photo(gateway.url, photo).status_code == 200
+    server.proc.send_signal(signal.SIGSTOP)
+
+
 def post_photo(url: str, photo: bytes, timeout: float = 60) -> requests.Response:
     return requests.post(url + "/predict", data=photo, timeout=timeout,
                          headers={"Content-Type": "image/jpeg"})  # fmt: skip
 
 
 def test_probes_answer_while_every_thread_waits_on_the_model_server(
-    stopped_model_server, sample_photos, tmp_path
+    model_server, sample_photos, tmp_path
 ):
-    server = stopped_model_server
+    server = model_server
     env = {"TF_SERVING_HOST": server.target, "GRPC_TIMEOUT": "25"}
     gateway = guarded_gateway(tmp_path, env, workers=2, threads=4)
     photo = sample_photos[0].read_bytes()
     with gateway:
-        # The gateway's gRPC channels connect (and learn the model's size) first.
-        server.proc.send_signal(signal.SIGCONT)
-        gateway.wait_ready()
-        assert post_photo(gateway.url, photo).status_code == 200
-        server.proc.send_signal(signal.SIGSTOP)
+        stop_after_one_answer(server, gateway, photo)
         with ThreadPoolExecutor(16) as pool:
             hanging = [pool.submit(post_photo, gateway.url, photo) for _ in range(16)]
             time.sleep(2)  # every gunicorn thread now waits on the stopped server
@@ -89,16 +92,13 @@ def test_probes_answer_while_every_thread_waits_on_the_model_server(
     assert set(answers) <= {200, 503, 504}
 
 
-def test_a_full_queue_is_shed_with_fast_503s(stopped_model_server, sample_photos, tmp_path):
-    server = stopped_model_server
+def test_a_full_queue_is_shed_with_fast_503s(model_server, sample_photos, tmp_path):
+    server = model_server
     env = {"TF_SERVING_HOST": server.target, "GRPC_TIMEOUT": "15", "GUNICORN_MAX_PENDING": "2"}
     gateway = guarded_gateway(tmp_path, env, workers=1, threads=2)
     photo = sample_photos[0].read_bytes()
     with gateway:
-        server.proc.send_signal(signal.SIGCONT)
-        gateway.wait_ready()
-        assert post_photo(gateway.url, photo).status_code == 200
-        server.proc.send_signal(signal.SIGSTOP)
+        stop_after_one_answer(server, gateway, photo)
         with ThreadPoolExecutor(2) as pool:
             hanging = [pool.submit(post_photo, gateway.url, photo) for _ in range(2)]
             time.sleep(2)
