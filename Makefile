@@ -10,7 +10,7 @@ TFS_API := tensorflow-serving-api==2.21.0
 DEMO_DIR ?= demo
 
 .PHONY: help venv gateway-venv system-deps test test-fast lint demo serve quality skew-check lock clean bench \
-	load load-sweep faults
+	load load-sweep faults probe
 
 help:
 	@echo "make test    - install everything into .venv and run the whole test-suite"
@@ -20,6 +20,7 @@ help:
 	@echo "make lock    - regenerate the pinned requirements/*.txt from pyproject.toml"
 	@echo "make load    - 8 clients x 60 s against gateway + model server (make load-sweep: plot)"
 	@echo "make faults  - kill/slow/broken scenarios under load; make bench: every benchmark"
+	@echo "make probe   - hostile cases in a loopback-only network namespace (root), figures per case"
 	@echo "make compose-test - build both images, run compose and the kind pod specs under Docker (root, Linux)"
 
 $(BIN)/.installed: pyproject.toml requirements/dev.txt
@@ -102,6 +103,9 @@ load: venv  # N clients x T s: throughput, p50/p95/p99, errors, RSS before/after
 
 load-sweep: venv  # latency percentiles vs concurrency -> docu/images/latency_vs_concurrency.png
 	$(BIN)/python -m kitchenware.tools.load --concurrency-sweep $(SWEEP)
+
+probe: venv gateway-venv  # hostile cases (bombs, slow clients, metadata URLs, ...) in a loopback-only netns (root)
+	PY=$(BIN)/python scripts/probe.sh
 
 faults: venv  # model server killed, slow URLs, worker SIGKILL, broken version, under load
 	$(BIN)/python -m kitchenware.tools.faults

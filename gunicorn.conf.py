@@ -15,6 +15,7 @@ from pathlib import Path
 # file, and kitchenware is installed wherever the gateway runs (image, venvs).
 from kitchenware.core.errors import KitchenwareError
 from kitchenware.gateway.config import Settings
+from kitchenware.gateway.connections import ConnectionLimits
 
 
 def _int_env(name: str, default: int) -> int:
@@ -57,6 +58,7 @@ def on_starting(server):
     """Fail fast, with one clear line, on bad settings; start metrics from zero."""
     try:
         Settings.from_env()
+        ConnectionLimits.from_env()  # the worker's deadlines and queue bound
     except KitchenwareError as exc:
         server.log.error("gateway configuration error: %s", exc)
         raise SystemExit(f"gateway configuration error: {exc}") from None

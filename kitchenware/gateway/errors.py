@@ -35,6 +35,12 @@ class BadRequest(GatewayError):
     status, code = 400, "bad_request"
 
 
+class RequestTimeout(GatewayError):
+    """The client did not send its request line, headers or body within the deadline."""
+
+    status, code = 408, "request_timeout"
+
+
 class TooLarge(GatewayError):
     status, code = 413, "too_large"
 
@@ -62,7 +68,7 @@ class ModelUnavailable(GatewayError):
 
 
 class Overloaded(GatewayError):
-    """This worker is already decoding as much as its memory budget allows."""
+    """This worker is already decoding (or queueing) as much as it allows: retry later."""
 
     status, code = 503, "overloaded"
 

@@ -152,6 +152,8 @@ def test_batching_file_is_accepted_by_the_model_server():
         "batch_timeout_micros": config.batch_timeout_micros,
         "max_enqueued_batches": config.max_enqueued_batches,
         "num_batch_threads": config.num_batch_threads,
+        "enable_large_batch_splitting": config.enable_large_batch_splitting,
+        "max_execution_batch_size": config.max_execution_batch_size,
     }
     assert (
         main(["model-server", "--check-config", "--batching-parameters-file", str(BATCHING_FILE)])

@@ -296,8 +296,9 @@ def parse_quantity_gib(text: str) -> float:
     return float(match.group(1)) * units[match.group(2)]
 
 
-def batching_text_fields(text: str) -> dict[str, int]:
+def batching_text_fields(text: str) -> dict[str, int | bool]:
+    flags = {"true": True, "false": False}
     return {
-        m.group(1): int(m.group(2))
-        for m in re.finditer(r"^(\w+)\s*\{\s*value:\s*(\d+)\s*\}", text, re.M)
+        m.group(1): flags[m.group(2)] if m.group(2) in flags else int(m.group(2))
+        for m in re.finditer(r"^(\w+)\s*\{\s*value:\s*(\d+|true|false)\s*\}", text, re.M)
     }
