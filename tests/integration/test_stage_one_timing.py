@@ -17,7 +17,9 @@ def test_both_ways_are_timed_on_the_whole_split_and_scaled_to_a_stage(sample_pre
     assert r["val_images"] == len(list_split(sample_prep, "val", require_all_classes=False))
     images = r["train_images"] + r["val_images"]
     assert r["forward_images_per_s"] == pytest.approx(images / r["feature_s"], rel=0.02)
-    assert r["epoch_ratio"] == pytest.approx(r["through_epoch_s"] / r["cached_epoch_s"], rel=0.05, abs=0.01)
+    assert r["epoch_ratio"] == pytest.approx(
+        r["through_epoch_s"] / r["cached_epoch_s"], rel=0.05, abs=0.01
+    )
     cached = r["feature_s"] + 5 * r["cached_epoch_s"]
     through = r["through_epoch1_s"] + 4 * r["through_epoch_s"]
     assert r["stage1_cached_s"] == pytest.approx(cached, abs=0.02)
