@@ -178,7 +178,7 @@ def run(data: Path, work: Path, cache: Path | None, size: int = DEFAULT_IMAGE_SI
         "stage 1, no class weights": unweighted,
         f"stage 1, augmented, {AUGMENTED_EPOCHS} epochs": augmented,
     }
-    stage1 = {
+    variant_scores = {
         name: {
             "train": _summary(folder),
             "scores": evaluate_model(steps, folder / "best.keras", prep, labels, leaked, tta=False),
@@ -198,7 +198,7 @@ def run(data: Path, work: Path, cache: Path | None, size: int = DEFAULT_IMAGE_SI
         "chosen": chosen,
         "trials": trials,
         "recipe_train": _summary(recipe),
-        "stage1_variants": stage1,
+        "stage1_variants": variant_scores,
         "frozen_timing": {**timing, "command": bench_command},
         "timings": steps.timings,
         "commands": steps.commands,

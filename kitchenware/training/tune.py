@@ -111,9 +111,9 @@ def write_results(out: Path, rows: list[dict], base: TrainConfig) -> None:
         "| rank | lr | inner | dropout | augment | best val acc | its val loss | epoch | seconds |",
         "|---:|---:|---:|---:|:---:|---:|---:|---:|---:|",
     ]
-    for rank, r in enumerate(ranked, 1):
+    for place, r in enumerate(ranked, 1):
         lines.append(
-            f"| {rank} | {r['lr']:g} | {r['inner']} | {r['dropout']:g} | "
+            f"| {place} | {r['lr']:g} | {r['inner']} | {r['dropout']:g} | "
             f"{'on' if r['augment'] else 'off'} | {r['best_val_accuracy']:.4f} | "
             f"{r['best_val_loss']:.4f} | {r['best_epoch']} | {r['seconds']} |"
         )
