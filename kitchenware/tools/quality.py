@@ -375,8 +375,8 @@ def markdown(result: dict) -> str:
             [
                 "stage 1",
                 "epochs run",
-                "train s",
-                "s / epoch",
+                "fit s",
+                "fit s / epoch",
                 "val acc",
                 "test acc",
                 "glass test precision / recall",
@@ -410,7 +410,7 @@ def markdown(result: dict) -> str:
         "## Figures",
         "",
         "The recipe's training curves and its test confusion matrix (no TTA). The "
-        "misclassified photos are in the work folder (`runs/recipe/eval-test-none/"
+        "misclassified photos are in the work folder (`WORK/runs/recipe/eval-test-none/"
         "misclassified.png`), not here: the photos stay out of the repository.",
         "",
         "![training curves](images/quality/history.png)",
