@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import sys
@@ -335,10 +336,14 @@ def main() -> None:
     f.add_argument("--size", type=int, default=DEFAULT_IMAGE_SIZE)
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--epochs", type=int, default=10, help="stage-1 epochs to scale to")
+    f.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     if args.what == "frozen":
-        print_frozen(bench_frozen(args.prep, args.weights, size=args.size,
-                                  batch=args.batch_size, planned_epochs=args.epochs))  # fmt: skip
+        result = bench_frozen(args.prep, args.weights, size=args.size,
+                              batch=args.batch_size, planned_epochs=args.epochs)  # fmt: skip
+        print_frozen(result)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
     elif args.what == "pipeline":
         bench_pipeline(args.data, args.size, args.batch_size, args.epochs)
     elif args.what == "augment":
