@@ -3,6 +3,7 @@
   python -m kitchenware.tools.bench_train pipeline [--data KAGGLE_DIR]   # tf.data vs ImageDataGenerator
   python -m kitchenware.tools.bench_train step                           # train step + export time at 299
   python -m kitchenware.tools.bench_train augment                        # fused warp vs Keras' 4 layers
+  python -m kitchenware.tools.bench_train frozen --prep PREP --weights W  # cached features vs not
 
 `pipeline` preps the Kaggle-layout data (kitchenware-mini by default), then in
 the same run feeds its train split at 299 px through (a) Keras'
@@ -13,12 +14,15 @@ is where that work happens in our training. Both produce augmented float
 batches in [-1, 1]. `step` times Xception at 299, weights none, batch 32: a few
 train steps with the whole network trainable and with the backbone frozen (the
 compute of training on ImageNet weights), then one SavedModel export.
+`frozen` times stage 1 with a frozen backbone on a prep folder both ways, in
+one process: on cached backbone features vs through the backbone every epoch.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import sys
@@ -194,6 +198,120 @@ def bench_augment(size: int, batch: int, rounds: int) -> None:
         print(f"| {i + 1} | {a:.3f} | {b:.3f} | {a / b:.1f}x |")
 
 
+def _epoch_timer():
+    """A Keras callback that records each epoch's wall time in `.seconds`."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._started)
+
+    return EpochTimer()
+
+
+def bench_frozen(
+    prep: Path,
+    weights: str,
+    backbone: str = "xception",
+    size: int = DEFAULT_IMAGE_SIZE,
+    batch: int = 32,
+    cached_epochs: int = 3,
+    through_epochs: int = 2,
+    planned_epochs: int = 10,
+) -> dict:
+    """Stage 1 with a frozen backbone, both ways in one process, no augmentation.
+
+    (a) cached: pooled features of train + val computed once (the backbone's
+    forward pass: images/s), then the head trains on them; (b) through the
+    backbone: the full model fits on the (in-memory cached) decoded images, so
+    every epoch runs the frozen backbone again. Epoch 1 of (b) also decodes
+    and traces; its later epochs are the steady cost. `planned_epochs` scales
+    both to a whole stage 1.
+    """
+    import numpy as np
+
+    from kitchenware.training.data import list_split, make_dataset
+    from kitchenware.training.features import head_model, split_features
+    from kitchenware.training.model import backbone_of, build_model
+    from kitchenware.training.train import _compile
+
+    if cached_epochs < 1 or through_epochs < 2 or planned_epochs < 1:
+        raise ValueError("needs cached_epochs >= 1, through_epochs >= 2, planned_epochs >= 1")
+    train_split = list_split(prep, "train")
+    val_split = list_split(prep, "val", require_all_classes=False)
+    model = build_model(backbone, size, weights, augment=False, seed=1)
+    backbone_of(model).trainable = False  # frozen, also with weights "none" (timing only)
+    images = len(train_split) + len(val_split)
+
+    started = time.perf_counter()
+    x_train, x_val = (
+        split_features(model, s, size, batch, backbone, weights) for s in (train_split, val_split)
+    )
+    feature_s = time.perf_counter() - started
+    y_train = np.asarray(train_split.labels, dtype=np.int32)
+    y_val = np.asarray(val_split.labels, dtype=np.int32)
+    head = head_model(model)
+    _compile(head, 1e-3)
+    cached = _epoch_timer()
+    head.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=cached_epochs,
+             batch_size=batch, callbacks=[cached], verbose=0)  # fmt: skip
+
+    _compile(model, 1e-3)
+    through = _epoch_timer()
+    model.fit(make_dataset(train_split, size, batch, shuffle=True, seed=1),
+              validation_data=make_dataset(val_split, size, batch),
+              epochs=through_epochs, callbacks=[through], verbose=0)  # fmt: skip
+
+    cached_epoch = sum(cached.seconds) / len(cached.seconds)
+    through_epoch = sum(through.seconds[1:]) / len(through.seconds[1:])
+    whole_cached = feature_s + planned_epochs * cached_epoch
+    whole_through = through.seconds[0] + (planned_epochs - 1) * through_epoch
+    return {
+        "backbone": backbone,
+        "size": size,
+        "batch_size": batch,
+        "train_images": len(train_split),
+        "val_images": len(val_split),
+        "feature_s": round(feature_s, 3),
+        "forward_images_per_s": round(images / feature_s, 2),
+        "cached_epoch_s": round(cached_epoch, 3),
+        "through_epoch1_s": round(through.seconds[0], 3),
+        "through_epoch_s": round(through_epoch, 3),
+        "epoch_ratio": round(through_epoch / cached_epoch, 2),
+        "planned_epochs": planned_epochs,
+        "stage1_cached_s": round(whole_cached, 2),
+        "stage1_through_s": round(whole_through, 2),
+        "stage1_ratio": round(whole_through / whole_cached, 2),
+    }
+
+
+def print_frozen(result: dict) -> None:
+    r = result
+    print(f"machine: {machine()}")
+    print(f"{r['backbone']}, {r['size']} px, batch {r['batch_size']}, "
+          f"{r['train_images']} train + {r['val_images']} val images, no augmentation")  # fmt: skip
+    print("| what | seconds |")
+    print("|---|---:|")
+    print(f"| backbone features of train + val, once ({r['forward_images_per_s']} images/s) "
+          f"| {r['feature_s']} |")  # fmt: skip
+    print(f"| one epoch of the head on cached features | {r['cached_epoch_s']} |")
+    print(f"| epoch 1 through the frozen backbone (decode + trace) | {r['through_epoch1_s']} |")
+    print(f"| later epoch through the frozen backbone | {r['through_epoch_s']} |")
+    print(f"| per epoch, through / cached | {r['epoch_ratio']}x |")
+    print(f"| stage 1 of {r['planned_epochs']} epochs, cached (features + epochs) "
+          f"| {r['stage1_cached_s']} |")  # fmt: skip
+    print(f"| stage 1 of {r['planned_epochs']} epochs, through the backbone "
+          f"| {r['stage1_through_s']} |")  # fmt: skip
+    print(f"| whole stage 1, through / cached | {r['stage1_ratio']}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -212,8 +330,21 @@ def main() -> None:
     a.add_argument("--size", type=int, default=DEFAULT_IMAGE_SIZE)
     a.add_argument("--batch-size", type=int, default=32)
     a.add_argument("--rounds", type=int, default=5)
+    f = sub.add_parser("frozen", help="stage 1 on cached features vs through the frozen backbone")
+    f.add_argument("--prep", type=Path, required=True, help="output folder of `kitchenware prep`")
+    f.add_argument("--weights", default="none", help="backbone weights file (none: random)")
+    f.add_argument("--size", type=int, default=DEFAULT_IMAGE_SIZE)
+    f.add_argument("--batch-size", type=int, default=32)
+    f.add_argument("--epochs", type=int, default=10, help="stage-1 epochs to scale to")
+    f.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
-    if args.what == "pipeline":
+    if args.what == "frozen":
+        result = bench_frozen(args.prep, args.weights, size=args.size,
+                              batch=args.batch_size, planned_epochs=args.epochs)  # fmt: skip
+        print_frozen(result)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+    elif args.what == "pipeline":
         bench_pipeline(args.data, args.size, args.batch_size, args.epochs)
     elif args.what == "augment":
         bench_augment(args.size, args.batch_size, args.rounds)
