@@ -23,6 +23,10 @@ from kitchenware.gateway.errors import RequestTimeout
 
 HEADER_TIMEOUT = "GUNICORN_HEADER_TIMEOUT"
 BODY_TIMEOUT = "GUNICORN_BODY_TIMEOUT"
+# A request that waited for a thread past its body deadline still gets this long to
+# read what its client sent meanwhile (a whole small body is already buffered), so
+# only a client that is slow itself gets a 408, and a slow one holds a thread briefly.
+QUEUE_GRACE_S = 1.0
 PROBE_THREADS = "GUNICORN_PROBE_THREADS"
 MAX_PENDING = "GUNICORN_MAX_PENDING"
 THREADS = "GUNICORN_THREADS"

@@ -201,7 +201,7 @@ class JsonErrorWorker(ThreadWorker):
         allowed = self.limits.body_timeout
         if not connections.head_complete(head) or len(head) >= connections.HEAD_BUFFER_BYTES:
             allowed += self.limits.header_timeout
-        conn.sock.deadline = time.monotonic() + allowed
+        conn.body_deadline = time.monotonic() + allowed
         if connections.is_probe(head):
             self.submit(self.probe_pool, conn, self.finish_request)
         elif self.main_pending >= self.limits.max_pending:
@@ -224,6 +224,10 @@ class JsonErrorWorker(ThreadWorker):
         self.finish_request(conn, future)
 
     def handle(self, conn):
+        # Time queued for a thread is the server's, not the client's: a request taken up
+        # after its deadline still gets QUEUE_GRACE_S to read what the client has sent.
+        deadline = getattr(conn, "body_deadline", time.monotonic() + self.limits.body_timeout)
+        conn.sock.deadline = max(deadline, time.monotonic() + connections.QUEUE_GRACE_S)
         try:
             return super().handle(conn)
         finally:

@@ -113,6 +113,44 @@ def test_a_full_queue_is_shed_with_fast_503s(model_server, sample_photos, tmp_pa
     assert set(held) <= {200, 503, 504}
 
 
+def send_head_then_body(port: int, photo: bytes) -> bytes:
+    """A prompt client whose body follows its head by 0.5 s (the loop reads the head alone)."""
+    head = (b"POST /predict HTTP/1.1\r\nHost: gw\r\nContent-Type: image/jpeg\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(photo))  # fmt: skip
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(head)
+        time.sleep(0.5)
+        sock.sendall(photo)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_time_queued_behind_a_stuck_model_is_not_charged_to_the_client(
+    model_server, sample_photos, tmp_path
+):
+    """A whole body that waited for a thread longer than the body timeout is still read."""
+    server = model_server
+    env = {"TF_SERVING_HOST": server.target, "GRPC_TIMEOUT": "6",
+           "GUNICORN_BODY_TIMEOUT": "2"}  # fmt: skip
+    gateway = guarded_gateway(tmp_path, env, workers=1, threads=1)
+    photo = sample_photos[0].read_bytes()
+    with gateway:
+        stop_after_one_answer(server, gateway, photo)
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(post_photo, gateway.url, photo)
+            time.sleep(0.5)
+            # Waits ~6 s for the one thread, its body sent 0.5 s after its head.
+            queued = pool.submit(send_head_then_body, gateway.port, photo)
+            status = first.result().status_code
+            answer = queued.result()
+        server.proc.send_signal(signal.SIGCONT)
+    # The model server does not answer: 503/504 from the gRPC deadline, never a 408.
+    assert status in (503, 504)
+    assert answer.split(b" ", 2)[1] in (b"503", b"504"), answer[:300]
+
+
 class SlowClient:
     """A raw connection sending `head` then `trickle`, one byte every `interval` seconds."""
 
