@@ -14,10 +14,11 @@ from support.deploy_tools import (
     dockerfile_env,
     dockerfile_instructions,
     dockerfile_values,
+    memory_bytes,
     render_kustomization,
 )
 from support.paths import REPO
-from support.pod_spec import memory_bytes, pod_containers
+from support.pod_spec import pod_containers
 
 DOCKERFILES = sorted(REPO.glob("*.dockerfile"))
 
@@ -87,3 +88,4 @@ def test_memory_quantities():
     assert memory_bytes("2Gi") == 2 * 2**30
     assert memory_bytes("1G") == 10**9
     assert memory_bytes("1000") == 1000
+    assert memory_bytes("1.5Gi") == 3 * 2**29

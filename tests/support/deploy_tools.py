@@ -289,11 +289,19 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
-def parse_quantity_gib(text: str) -> float:
-    units = {"Ki": 2**-20, "Mi": 2**-10, "Gi": 1, "M": 1e6 / 2**30, "G": 1e9 / 2**30}
+MEMORY_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+
+def memory_bytes(text: str) -> int:
+    """A Kubernetes memory quantity (512Mi, 1.5Gi, 1G, 1000) in bytes."""
     match = re.fullmatch(r"([\d.]+)([A-Za-z]*)", str(text))
-    assert match and match.group(2) in units, f"unsupported memory quantity {text!r}"
-    return float(match.group(1)) * units[match.group(2)]
+    if not match or match.group(2) not in MEMORY_UNITS:
+        raise ValueError(f"unsupported memory quantity {text!r}")
+    return int(float(match.group(1)) * MEMORY_UNITS[match.group(2)])
+
+
+def parse_quantity_gib(text: str) -> float:
+    return memory_bytes(text) / 2**30
 
 
 def batching_text_fields(text: str) -> dict[str, int | bool]:

@@ -12,8 +12,9 @@ virtual IP and port mapping) are not emulated.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
+
+from support.deploy_tools import memory_bytes
 
 # Fields read below, or that do not change how one container runs here.
 POD_KEYS = {"automountServiceAccountToken", "terminationGracePeriodSeconds", "securityContext",
@@ -25,8 +26,6 @@ POD_SECURITY_KEYS = {"runAsNonRoot", "runAsUser", "runAsGroup", "fsGroup", "secc
 CONTAINER_SECURITY_KEYS = {"allowPrivilegeEscalation", "readOnlyRootFilesystem", "capabilities"}
 PROBE_KEYS = {"exec", "httpGet", "tcpSocket", "grpc", "initialDelaySeconds", "periodSeconds",
               "timeoutSeconds", "failureThreshold", "successThreshold"}  # fmt: skip
-BINARY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
-DECIMAL_SUFFIXES = {"k": 10**3, "M": 10**6, "G": 10**9}
 
 
 class PodSpecError(ValueError):
@@ -37,15 +36,6 @@ def _only(mapping: dict, allowed: set[str], where: str) -> None:
     unknown = set(mapping) - allowed
     if unknown:
         raise PodSpecError(f"{where}: fields not translated to Docker: {sorted(unknown)}")
-
-
-def memory_bytes(quantity: str) -> int:
-    """A Kubernetes memory quantity (512Mi, 2Gi, 1G, 1000) in bytes."""
-    match = re.fullmatch(r"(\d+)([KMG]i|[kMG])?", str(quantity))
-    if not match:
-        raise PodSpecError(f"memory quantity not understood: {quantity!r}")
-    number, suffix = int(match[1]), match[2]
-    return number * {**BINARY_SUFFIXES, **DECIMAL_SUFFIXES}.get(suffix, 1) if suffix else number
 
 
 def cpus(quantity: str) -> float:
