@@ -23,11 +23,11 @@ from support.docker_stack import (
     inspect,
     save_logs,
     wait_healthy,
-    wait_until,
 )
 from support.paths import REPO
 
 from kitchenware.core.labels import CLASSES
+from kitchenware.tools.stack import wait_for
 
 PROJECT = "kwcompose"
 MODEL = f"{PROJECT}_model_1"
@@ -163,9 +163,9 @@ def test_model_crash_gives_503_then_the_restart_policy_recovers(compose, photos,
     # container as stopped by hand, and restart policies ignore those.
     killed = time.monotonic()
     os.kill(model["State"]["Pid"], signal.SIGKILL)
-    wait_until(
+    wait_for(
         lambda: curl(compose, f"{GATEWAY_URL}/readyz", timeout=5).status == 503,
-        timeout=30, what="the gateway's /readyz turning 503 after the model died",
+        timeout=30, what="the gateway's /readyz turning 503 after the model died", interval=0.5,
     )  # fmt: skip
     down = curl(compose, f"{GATEWAY_URL}/predict", "--form", f"file=@{photos[0]}")
     assert down.status == 503, down.body
@@ -179,7 +179,7 @@ def test_model_crash_gives_503_then_the_restart_policy_recovers(compose, photos,
         streak["ok"] = streak["ok"] + 1 if ok else 0
         return streak["ok"] >= 6
 
-    wait_until(all_workers_ready, timeout=180, what="recovery after the model restarted")
+    wait_for(all_workers_ready, 180, "recovery after the model restarted", interval=0.5)
     figures["compose_model_crash_to_ready_s"] = round(time.monotonic() - killed, 1)
     after = inspect(compose, MODEL)
     assert after["RestartCount"] == model["RestartCount"] + 1

@@ -75,17 +75,6 @@ def wait_healthy(
     return seen
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        time.sleep(interval)
-
-
 def container_memory(box: Sandbox, container: str) -> tuple[int, int]:
     """(peak bytes used, limit bytes) from the container's memory cgroup (v1 or v2)."""
     full_id = inspect(box, container)["Id"]
