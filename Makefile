@@ -68,23 +68,23 @@ lint: venv
 	$(BIN)/lint-imports
 
 demo: venv gateway-venv
-	$(BIN)/python -m kitchenware.tools.demo --dir $(DEMO_DIR)
+	$(BIN)/python -m devtools.demo --dir $(DEMO_DIR)
 
 # The quality report (docu/QUALITY.md): a tune grid ranked on val, the documented
 # recipe on real photos scored once on the test split with and without TTA, class-weight
 # and augmentation variants, a from-scratch baseline, and where stage 1's time goes.
 # About 20 minutes on 2 CPU cores; nice, since it is not part of `make test`.
 quality: venv
-	nice $(BIN)/python -m kitchenware.tools.quality
+	nice $(BIN)/python -m devtools.quality
 
 # Load an export with the serving image's TensorFlow (image-model.dockerfile's
 # TF_SERVING_VERSION) in a cached throw-away venv; the tests run the same check.
 MODEL_BASE ?= models/kitchenware
 skew-check: venv
-	$(BIN)/python -m kitchenware.tools.skew $(MODEL_BASE)
+	$(BIN)/python -m devtools.skew $(MODEL_BASE)
 
 serve: venv gateway-venv
-	$(BIN)/python -m kitchenware.tools.serve
+	$(BIN)/python -m devtools.serve
 
 # Pinned requirement files, generated from pyproject.toml in throw-away venvs.
 lock:
@@ -101,16 +101,16 @@ LOAD_ARGS ?= --clients 8 --seconds 60
 SWEEP ?= 1,2,4,8,16
 
 load: venv  # N clients x T s: throughput, p50/p95/p99, errors, RSS before/after
-	$(BIN)/python -m kitchenware.tools.load $(LOAD_ARGS)
+	$(BIN)/python -m devtools.load $(LOAD_ARGS)
 
 load-sweep: venv  # latency percentiles vs concurrency -> docu/images/latency_vs_concurrency.png
-	$(BIN)/python -m kitchenware.tools.load --concurrency-sweep $(SWEEP)
+	$(BIN)/python -m devtools.load --concurrency-sweep $(SWEEP)
 
 probe: venv gateway-venv  # hostile cases (bombs, slow clients, metadata URLs, ...) in a loopback-only netns (root)
 	PY=$(BIN)/python scripts/probe.sh
 
 faults: venv  # model server killed, slow URLs, worker SIGKILL, broken version, under load
-	$(BIN)/python -m kitchenware.tools.faults
+	$(BIN)/python -m devtools.faults
 
 # ImageDataGenerator (the baseline of bench_train.py pipeline) lives in tf-keras;
 # --no-deps because tf-keras declares full tensorflow, which would overwrite tensorflow-cpu.
@@ -118,13 +118,13 @@ TF_KERAS := tf-keras==2.21.0
 
 bench: venv gateway-venv  # every benchmark script in turn (each prints its figures and the machine)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(TF_KERAS)
-	$(BIN)/python -m kitchenware.tools.bench_prep
-	$(BIN)/python -m kitchenware.tools.bench_train pipeline
-	$(BIN)/python -m kitchenware.tools.bench_train augment
-	$(BIN)/python -m kitchenware.tools.bench_train step
-	$(BIN)/python -m kitchenware.tools.bench_serving
-	$(BIN)/python -m kitchenware.tools.bench_gateway all
-	$(BIN)/python -m kitchenware.tools.load $(LOAD_ARGS)
+	$(BIN)/python -m devtools.bench_prep
+	$(BIN)/python -m devtools.bench_train pipeline
+	$(BIN)/python -m devtools.bench_train augment
+	$(BIN)/python -m devtools.bench_train step
+	$(BIN)/python -m devtools.bench_serving
+	$(BIN)/python -m devtools.bench_gateway all
+	$(BIN)/python -m devtools.load $(LOAD_ARGS)
 
 # ===========================================================================
 # Deployment (docu/deploy.md): docker-compose, kind, AWS EKS.
@@ -186,11 +186,11 @@ SMOKE_IMAGES = $(or $(TEST_IMAGES),$(shell ls $(DEPLOY_SAMPLE)/images/* 2>/dev/n
 
 compose-up: need-compose model-check gateway-venv
 	MODEL_VERSION=$(MODEL_VERSION) IMAGE_TAG=$(IMAGE_TAG) $(COMPOSE) -f docker-compose.yaml up -d --build
-	$(GW_VENV)/bin/python -m kitchenware.tools.wait_ready $(COMPOSE_URL) --timeout 300
+	$(GW_VENV)/bin/python -m devtools.wait_ready $(COMPOSE_URL) --timeout 300
 
 # Against a stack you started with compose-up (any Docker host, no root needed).
 compose-smoke: gateway-venv smoke-images
-	$(GW_VENV)/bin/python -m kitchenware.tools.wait_ready $(COMPOSE_URL) --timeout 60
+	$(GW_VENV)/bin/python -m devtools.wait_ready $(COMPOSE_URL) --timeout 60
 	$(GW_VENV)/bin/python test.py --gateway $(COMPOSE_URL) $(SMOKE_IMAGES)
 
 # The deployment run for real (tests/docker, root on Linux): builds both images with a
@@ -200,7 +200,7 @@ compose-smoke: gateway-venv smoke-images
 # itself, also after a failure or Ctrl-C.
 compose-test: venv docker-deps
 	KITCHENWARE_REQUIRE_DOCKER=1 $(BIN)/python -m pytest tests/docker; \
-	  status=$$?; $(BIN)/python -m kitchenware.tools.docker_sandbox cleanup; exit $$status
+	  status=$$?; $(BIN)/python -m devtools.docker_sandbox cleanup; exit $$status
 
 # Debian's Docker engine, docker-compose, mmdebstrap (the stand-in base image) and curl.
 docker-deps:
@@ -236,7 +236,7 @@ kind-deploy: need-kubectl
 	kubectl --context $(KIND_CONTEXT) -n $(K8S_NAMESPACE) rollout status deployment/gateway --timeout=180s
 
 kind-test: gateway-venv smoke-images
-	$(GW_VENV)/bin/python -m kitchenware.tools.wait_ready $(KIND_URL) --timeout 120
+	$(GW_VENV)/bin/python -m devtools.wait_ready $(KIND_URL) --timeout 120
 	$(GW_VENV)/bin/python test.py --gateway $(KIND_URL) $(SMOKE_IMAGES)
 
 kind-down: need-kind
@@ -267,7 +267,7 @@ eks-deploy: need-kubectl need-aws
 eks-test: need-kubectl gateway-venv smoke-images
 	@host=$$(kubectl -n $(K8S_NAMESPACE) get service gateway -o jsonpath='{.status.loadBalancer.ingress[0].hostname}'); \
 	test -n "$$host" || { echo "make eks-test: the gateway Service has no load balancer address yet (kubectl -n $(K8S_NAMESPACE) get service gateway)" >&2; exit 1; }; \
-	$(GW_VENV)/bin/python -m kitchenware.tools.wait_ready http://$$host --timeout 600 \
+	$(GW_VENV)/bin/python -m devtools.wait_ready http://$$host --timeout 600 \
 	&& $(GW_VENV)/bin/python test.py --gateway http://$$host $(SMOKE_IMAGES)
 
 # Deletes the namespace first so the AWS load balancer goes before the VPC.

@@ -5,7 +5,7 @@
 #   docker build -f image-model.dockerfile --build-arg MODEL_VERSION=1 -t kitchenware-model:1 .
 #   (or: make images MODEL_VERSION=1)
 # The one place the serving TensorFlow version is written: `make skew-check`
-# (kitchenware.tools.skew, run by the tests) loads every export with this
+# (devtools.skew, run by the tests) loads every export with this
 # TensorFlow version, because TF does not promise old runtimes read new exports.
 ARG TF_SERVING_VERSION=2.19.0
 FROM tensorflow/serving:${TF_SERVING_VERSION}

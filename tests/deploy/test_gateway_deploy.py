@@ -30,8 +30,8 @@ from support.deploy_tools import (
 )
 from support.paths import REPO
 
+from devtools.stack import free_port
 from kitchenware.core.contract import GATEWAY_PORT, GRPC_PORT
-from kitchenware.tools.stack import free_port
 
 # ------------------------------------------------------------ the gateway --
 

@@ -251,7 +251,7 @@ def test_model_healthcheck_passes_only_when_available(status_server):
 
 
 def test_model_healthcheck_fails_when_nothing_listens():
-    from kitchenware.tools.stack import free_port
+    from devtools.stack import free_port
 
     result = run_healthcheck(free_port())
     assert result.returncode == 1 and "nothing listens" in result.stderr

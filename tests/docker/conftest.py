@@ -2,7 +2,7 @@
 
 `make compose-test` runs this folder (it is not part of `make test`). The
 session builds the images once with a build-only daemon, then starts the run
-daemon inside a loopback-only network namespace (kitchenware.tools.docker_sandbox);
+daemon inside a loopback-only network namespace (devtools.docker_sandbox);
 every container and every client of the published ports lives there. The
 sandbox checks on the way out that the machine's iptables rules and ip_forward
 are unchanged, and its failure fails the session.
@@ -31,9 +31,9 @@ from support.docker_stack import (
 )
 from support.paths import MINI_DATA, REPO
 
-from kitchenware.tools import docker_sandbox
-from kitchenware.tools.docker_images import build_stack
-from kitchenware.tools.stack import export_untrained_model
+from devtools import docker_sandbox
+from devtools.docker_images import build_stack
+from devtools.stack import export_untrained_model
 
 FIGURES = BUILD / "figures.json"
 PRUNE_ABOVE_BYTES = 15 * 2**30

@@ -26,8 +26,8 @@ from support.docker_stack import (
 )
 from support.paths import REPO
 
+from devtools.stack import wait_for
 from kitchenware.core.labels import CLASSES
-from kitchenware.tools.stack import wait_for
 
 PROJECT = "kwcompose"
 MODEL = f"{PROJECT}_model_1"

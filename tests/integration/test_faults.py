@@ -1,4 +1,4 @@
-"""Faults under load against real processes: the scenarios of kitchenware.tools.faults, asserted.
+"""Faults under load against real processes: the scenarios of devtools.faults, asserted.
 
 One stack for the module (model server with a stats file, gunicorn with 2 workers x
 4 threads, a local web server for URL inputs), all on 127.0.0.1. The scenario code
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from support.paths import NETGUARD
 
-from kitchenware.tools import faults
-from kitchenware.tools.stack import PhotoServer
+from devtools import faults
+from devtools.stack import PhotoServer
 
 pytestmark = pytest.mark.slow
 

@@ -35,7 +35,7 @@ from PIL import Image
 from support.fuzz_safety import safe_body, safe_url
 from support.paths import REPO, guarded_gateway
 
-from kitchenware.tools.stack import ModelServer
+from devtools.stack import ModelServer
 
 pytestmark = pytest.mark.slow
 

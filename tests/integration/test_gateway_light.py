@@ -17,7 +17,7 @@ import sys
 import pytest
 from support.paths import REPO
 
-from kitchenware.tools.stack import GATEWAY_VENV_PYTHON
+from devtools.stack import GATEWAY_VENV_PYTHON
 
 CHECK = r"""
 import json, sys

@@ -19,8 +19,8 @@ import requests
 from support.cgroup import MemoryCgroup
 from support.paths import REPO, guarded_gateway
 
-from kitchenware.tools.bombs import animated_webp, gif_screen, palette_png
-from kitchenware.tools.stack import ModelServer, rss_kb
+from devtools.bombs import animated_webp, gif_screen, palette_png
+from devtools.stack import ModelServer, rss_kb
 
 
 def manifest_memory_limit() -> int:

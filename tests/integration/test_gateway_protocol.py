@@ -14,7 +14,7 @@ import socket
 import pytest
 from support.paths import guarded_gateway
 
-from kitchenware.tools.stack import free_port
+from devtools.stack import free_port
 
 READ_TIMEOUT_S = 15
 

@@ -23,7 +23,7 @@ import requests
 from PIL import Image
 from support.paths import REPO, TINY_SIZE, guarded_gateway
 
-from kitchenware.tools.stack import ModelServer, PhotoServer, peak_rss_kb, wait_for
+from devtools.stack import ModelServer, PhotoServer, peak_rss_kb, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -431,7 +431,7 @@ def test_web_page_in_headless_chromium(stack, photos, tmp_path):
             assert re.fullmatch(r"model kitchenware, version \d+", page.text_content("#model"))
             assert page.is_visible("#preview")
             assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-            # (the README's picture comes from kitchenware/tools/screenshot_web.py with a trained model)
+            # (the README's picture comes from devtools/screenshot_web.py with a trained model)
             shot = tmp_path / "web.png"
             page.screenshot(path=str(shot), full_page=True)
             assert Image.open(shot).size[0] == 390

@@ -23,7 +23,7 @@ import pytest
 import requests
 from support.paths import guarded_gateway
 
-from kitchenware.tools.stack import ModelServer, free_port
+from devtools.stack import ModelServer, free_port
 
 pytestmark = pytest.mark.slow
 

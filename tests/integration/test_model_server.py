@@ -26,6 +26,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from devtools.stack import ModelServer, wait_for
 from kitchenware.serving import proto
 from kitchenware.serving.grpc_client import (
     ModelServerError,
@@ -33,7 +34,6 @@ from kitchenware.serving.grpc_client import (
     ModelServerUnavailable,
     ServingClient,
 )
-from kitchenware.tools.stack import ModelServer, wait_for
 
 pytestmark = pytest.mark.slow
 SERVING = health_pb2.HealthCheckResponse.SERVING

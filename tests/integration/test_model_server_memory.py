@@ -17,8 +17,8 @@ import pytest
 from support.cgroup import MemoryCgroup
 from support.paths import REPO
 
+from devtools.stack import ModelServer, export_untrained_model
 from kitchenware.gateway.config import Settings
-from kitchenware.tools.stack import ModelServer, export_untrained_model
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from support.paths import REPO, TINY_SIZE
 
-from kitchenware.tools.stack import ModelServer, free_port
+from devtools.stack import ModelServer, free_port
 
 HEALTHCHECK = REPO / "serving" / "model-healthcheck.sh"
 

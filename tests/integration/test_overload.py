@@ -18,9 +18,9 @@ import pytest
 import requests
 from support.paths import TINY_SIZE, guarded_gateway
 
+from devtools.stack import ModelServer
 from kitchenware.core.images import encode_jpeg
 from kitchenware.serving.grpc_client import RETRY_MAX_TOKENS, RETRY_TOKEN_RATIO
-from kitchenware.tools.stack import ModelServer
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""`make serve` (kitchenware.tools.serve): both processes start, answer, and stop on Ctrl-C / SIGTERM."""
+"""`make serve` (devtools.serve): both processes start, answer, and stop on Ctrl-C / SIGTERM."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import requests
 from support.paths import REPO
 
-from kitchenware.tools.stack import children, free_port, wait_for
+from devtools.stack import children, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def test_serve_starts_both_and_stops_them_cleanly(exported_model, tmp_path, sig)
     port, grpc_port = free_port(), free_port()
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kitchenware.tools.serve", "--model-base-path", str(exported_model),
+        [sys.executable, "-m", "devtools.serve", "--model-base-path", str(exported_model),
          "--port", str(port), "--grpc-port", str(grpc_port), "--workers", "1"],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kitchenware.tools.bench_train import bench_frozen
+from devtools.bench_train import bench_frozen
 from kitchenware.training.data import list_split
 
 pytestmark = pytest.mark.slow

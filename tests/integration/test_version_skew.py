@@ -1,7 +1,7 @@
 """The serving image's TensorFlow loads what our TensorFlow exports, and answers the same.
 
 The version comes from image-model.dockerfile (ARG TF_SERVING_VERSION), the one
-place it is written; kitchenware.tools.skew installs it into a cached venv.
+place it is written; devtools.skew installs it into a cached venv.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import shutil
 
 import pytest
 
+from devtools.skew import SkewError, check, runtime, serving_version
 from kitchenware.core.contract import WARMUP_FILE
-from kitchenware.tools.skew import SkewError, check, runtime, serving_version
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from support.paths import TINY_SIZE
 
+from devtools.stack import ModelServer
 from kitchenware.core.contract import SIGNATURE, WARMUP_FILE
 from kitchenware.model_server.servables import LoadedVersion, LoadError
 from kitchenware.model_server.warmup import MAX_WARMUP_RECORDS
-from kitchenware.tools.stack import ModelServer
 
 pytestmark = pytest.mark.slow
 

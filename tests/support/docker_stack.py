@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kitchenware.tools.docker_sandbox import Sandbox
+from devtools.docker_sandbox import Sandbox
 from support.paths import REPO
 
 # Images and containers live on their own data root, never the host's /var/lib/docker.

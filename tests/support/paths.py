@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kitchenware.tools.benchlib import MINI_DATA as MINI_DATA
-from kitchenware.tools.stack import Gateway
+from devtools.benchlib import MINI_DATA as MINI_DATA
+from devtools.stack import Gateway
 from kitchenware.training.presets import PRESETS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,5 +23,5 @@ PRETRAINED_FINE_TUNE_LAYERS = 12
 
 
 def guarded_gateway(log_dir: Path, env: dict[str, str], **options) -> Gateway:
-    """A gunicorn gateway (kitchenware.tools.stack) whose workers may reach loopback only."""
+    """A gunicorn gateway (devtools.stack) whose workers may reach loopback only."""
     return Gateway(log_dir, env, pythonpath=[NETGUARD], **options)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kitchenware.tools import docker_sandbox
+from devtools import docker_sandbox
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts and iptables-save need root")
 

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from support.paths import REPO
 
+from devtools.stack import free_port, gateway_python
 from kitchenware.gateway import config, create_app
 from kitchenware.gateway.config import ConfigError, Settings
-from kitchenware.tools.stack import free_port, gateway_python
 
 
 def test_defaults_match_the_documented_values():

@@ -13,9 +13,9 @@ from urllib.parse import quote
 
 import pytest
 
+from devtools.stack import PhotoServer
 from kitchenware.gateway.errors import FetchFailed, TooLarge, UrlRefused
 from kitchenware.gateway.fetch import UrlFetcher, refusal_reason
-from kitchenware.tools.stack import PhotoServer
 
 CONNECTS: list[tuple] = []
 _RECORDING = [False]
@@ -207,7 +207,7 @@ def test_a_trickling_server_cannot_outlast_the_deadline(stage):
 
 
 def test_http_errors_and_dead_ports_are_fetch_failures(site):
-    from kitchenware.tools.stack import free_port
+    from devtools.stack import free_port
 
     fetcher = UrlFetcher(allow_private=True)
     with pytest.raises(FetchFailed, match="HTTP 404"):

@@ -245,7 +245,7 @@ def test_unknown_routes_and_methods_answer_json(client):
 
 
 def test_bombs_are_bounded_or_refused_and_never_reach_the_model(client, model):
-    from kitchenware.tools.bombs import animated_webp, gif_screen
+    from devtools.bombs import animated_webp, gif_screen
 
     assert client.post("/predict", data=gif_screen(), content_type="image/gif").status_code == 200
     refused = client.post("/predict", data=animated_webp(), content_type="image/webp")

@@ -203,7 +203,7 @@ def test_a_bomb_decodes_within_a_memory_limit(name):
     import subprocess
     import sys
 
-    from kitchenware.tools.bombs import BOMBS
+    from devtools.bombs import BOMBS
 
     proc = subprocess.run(
         [sys.executable, "-c", BOUNDED_DECODE],
@@ -216,8 +216,8 @@ def test_a_bomb_decodes_within_a_memory_limit(name):
 
 
 def test_a_decode_over_the_byte_limit_is_refused_before_decoding():
+    from devtools.bombs import animated_webp
     from kitchenware.core.images import decode_estimate
-    from kitchenware.tools.bombs import animated_webp
 
     data = animated_webp()
     assert decode_estimate(data, 299) > 500 * 2**20  # libwebp's canvases: ~16 bytes a pixel

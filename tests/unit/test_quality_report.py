@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from devtools.quality import Steps, _scores, _weights_note, markdown
 from kitchenware.core.labels import CLASSES
-from kitchenware.tools.quality import Steps, _scores, _weights_note, markdown
 
 
 def report(images: int, wrong: list[str], recall: float = 1.0) -> dict:

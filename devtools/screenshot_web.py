@@ -1,6 +1,6 @@
 """Screenshot of the gateway's web page after classifying a photo (the README's picture).
 
-    python -m kitchenware.tools.screenshot_web PHOTO [--gateway http://localhost:9696] [--out docu/images/web.png]
+    python -m devtools.screenshot_web PHOTO [--gateway http://localhost:9696] [--out docu/images/web.png]
 
 Drives Debian's headless Chromium through Playwright (never downloads a browser);
 the gateway must be running (`make serve`) with a trained model for a telling picture.

@@ -1,9 +1,9 @@
 """Gateway benchmarks, each measured side by side in one run and printed as JSON.
 
-    python -m kitchenware.tools.bench_gateway e2e      # upload via gateway + model server vs in-process
-    python -m kitchenware.tools.bench_gateway memory   # gateway worker RSS, .venv-gateway install size
-    python -m kitchenware.tools.bench_gateway draft    # 12-Mpx JPEG decode+resize: draft mode vs plain
-    python -m kitchenware.tools.bench_gateway all      # the three above
+    python -m devtools.bench_gateway e2e      # upload via gateway + model server vs in-process
+    python -m devtools.bench_gateway memory   # gateway worker RSS, .venv-gateway install size
+    python -m devtools.bench_gateway draft    # 12-Mpx JPEG decode+resize: draft mode vs plain
+    python -m devtools.bench_gateway all      # the three above
 
 e2e exports an untrained Xception (weights none: timing does not depend on the
 weights) at --size, starts `kitchenware model-server` and the gunicorn gateway
@@ -28,9 +28,8 @@ import time
 from datetime import date
 from pathlib import Path
 
-from kitchenware.core.contract import DEFAULT_IMAGE_SIZE, SIGNATURE
-from kitchenware.tools.benchlib import MINI_DATA, cpu_model
-from kitchenware.tools.stack import (
+from devtools.benchlib import MINI_DATA, cpu_model
+from devtools.stack import (
     GATEWAY_VENV_PYTHON,
     REPO,
     ServingStack,
@@ -38,6 +37,7 @@ from kitchenware.tools.stack import (
     peak_rss_kb,
     rss_kb,
 )
+from kitchenware.core.contract import DEFAULT_IMAGE_SIZE, SIGNATURE
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 GATEWAY_VENV = GATEWAY_VENV_PYTHON.parents[1]
@@ -222,9 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         help="start the model server with --no-batching (a lone request then skips the batch wait)",
     )
     args = parser.parse_args(argv)
-    result = {
-        "command": "python -m kitchenware.tools.bench_gateway " + " ".join(argv or sys.argv[1:])
-    }
+    result = {"command": "python -m devtools.bench_gateway " + " ".join(argv or sys.argv[1:])}
     result["machine"] = machine()
     if args.what in ("e2e", "memory", "all"):
         server_args = ["--no-batching"] if args.no_batching else []

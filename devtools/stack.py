@@ -6,7 +6,7 @@ reads process memory. TensorFlow-free at import: the model server is a child
 process, and `export_untrained_model` imports TensorFlow only when called.
 The gateway needs the checkout (gateway.py, gunicorn.conf.py at its root).
 
-    python -m kitchenware.tools.stack export-untrained BASE [--size 96] [--version 1]
+    python -m devtools.stack export-untrained BASE [--size 96] [--version 1]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from kitchenware.core.contract import MODEL_NAME
 from kitchenware.core.errors import KitchenwareError
 
 # The checkout: gunicorn runs gateway.py and gunicorn.conf.py from its root.
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 GATEWAY_VENV_PYTHON = REPO / ".venv-gateway" / "bin" / "python"
 LOG_TAIL_CHARS = 6000
 # A cold model server (TensorFlow import + SavedModel load) takes ~10 s on 2 busy cores.
@@ -513,7 +513,7 @@ def export_untrained_model(base: Path, size: int, version: int = 1, seed: int = 
         model = build_model(size=size, weights="none", inner=8, augment=False, seed=seed)
         export_saved_model(model, base, version=version)
         return Path(base) / str(version)
-    argv = [sys.executable, "-m", "kitchenware.tools.stack", "export-untrained", str(base),
+    argv = [sys.executable, "-m", "devtools.stack", "export-untrained", str(base),
             "--size", str(size), "--version", str(version), "--seed", str(seed)]  # fmt: skip
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=_pythonpath([]))
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)

@@ -17,7 +17,7 @@ On the way out, also after an exception, Ctrl-C or SIGTERM, the sandbox stops
 the daemon it started (by pid), deletes the namespace and compares
 `iptables-save` (filter and nat) and ip_forward with the snapshot it took on
 the way in. Each daemon writes its pid under STATE_ROOT, so `python -m
-kitchenware.tools.docker_sandbox cleanup` can still stop one left behind by a
+devtools.docker_sandbox cleanup` can still stop one left behind by a
 killed run.
 
     with Sandbox(data_root) as box:
@@ -315,7 +315,7 @@ def cleanup(log=print, state_root: Path = STATE_ROOT) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kitchenware.tools.docker_sandbox")
+    parser = argparse.ArgumentParser(prog="python -m devtools.docker_sandbox")
     parser.add_argument("command", choices=["cleanup", "check"])
     args = parser.parse_args(argv)
     if args.command == "check":

@@ -1,9 +1,9 @@
 """Training benchmarks; each subcommand is one command to rerun.
 
-  python -m kitchenware.tools.bench_train pipeline [--data KAGGLE_DIR]   # tf.data vs ImageDataGenerator
-  python -m kitchenware.tools.bench_train step                           # train step + export time at 299
-  python -m kitchenware.tools.bench_train augment                        # fused warp vs Keras' 4 layers
-  python -m kitchenware.tools.bench_train frozen --prep PREP --weights W  # cached features vs not
+  python -m devtools.bench_train pipeline [--data KAGGLE_DIR]   # tf.data vs ImageDataGenerator
+  python -m devtools.bench_train step                           # train step + export time at 299
+  python -m devtools.bench_train augment                        # fused warp vs Keras' 4 layers
+  python -m devtools.bench_train frozen --prep PREP --weights W  # cached features vs not
 
 `pipeline` preps the Kaggle-layout data (kitchenware-mini by default), then in
 the same run feeds its train split at 299 px through (a) Keras'
@@ -30,8 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from devtools.benchlib import MINI_DATA, cpu_model
 from kitchenware.core.contract import DEFAULT_IMAGE_SIZE
-from kitchenware.tools.benchlib import MINI_DATA, cpu_model
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

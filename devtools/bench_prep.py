@@ -5,8 +5,8 @@ temporary folder, then runs the whole prep step (fingerprinting, grouping,
 split, output by hard links) alternately with --workers 1 and --workers 2,
 `--repeats` times each, and prints the best time of each and their ratio.
 
-    python -m kitchenware.tools.bench_prep             # N=2000, about 2-3 minutes on 2 cores
-    python -m kitchenware.tools.bench_prep --n 10000   # about the Kaggle set's size (9,367 images)
+    python -m devtools.bench_prep             # N=2000, about 2-3 minutes on 2 cores
+    python -m devtools.bench_prep --n 10000   # about the Kaggle set's size (9,367 images)
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import time
 from datetime import date
 from pathlib import Path
 
+from devtools.benchlib import cpu_model
 from kitchenware.dataprep.prep import prepare
 from kitchenware.dataprep.synthetic import generate
-from kitchenware.tools.benchlib import cpu_model
 
 
 def _timed_prep(data: Path, out: Path, workers: int) -> tuple[float, float, dict]:

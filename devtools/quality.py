@@ -1,6 +1,6 @@
 """The model-quality report: the documented recipe on real photos, scored on the test split.
 
-`make quality` (python -m kitchenware.tools.quality) runs, on a Kaggle-layout
+`make quality` (python -m devtools.quality) runs, on a Kaggle-layout
 folder with test answers (kitchenware-mini ships `test_labels.csv`):
 
 1. `kitchenware prep` (dedupe, leak report, train/val split; test kept whole);
@@ -32,8 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from devtools.benchlib import MINI_DATA, cpu_model
 from kitchenware.core.contract import DEFAULT_IMAGE_SIZE
-from kitchenware.tools.benchlib import MINI_DATA, cpu_model
 
 STAGE1 = {"size": DEFAULT_IMAGE_SIZE, "epochs": 10, "patience": 4, "class-weights": "balanced"}
 FINE_TUNE = {"fine-tune-layers": 20, "fine-tune-lr": 1e-5, "fine-tune-epochs": 3}
@@ -162,7 +162,7 @@ def run(data: Path, work: Path, cache: Path | None, size: int = DEFAULT_IMAGE_SI
     steps.cli("scratch train", "train", "--data", prep, "--out", scratch, "--preset", "quick",
               "--verbose", "0")  # fmt: skip
 
-    bench = ["-m", "kitchenware.tools.bench_train", "frozen", "--prep", prep, "--weights", weights,
+    bench = ["-m", "devtools.bench_train", "frozen", "--prep", prep, "--weights", weights,
              "--size", size, "--epochs", stage1["epochs"]]  # fmt: skip
     bench_command = steps.shown(["python", *bench])
     steps.run("bench_train frozen", bench_command,
@@ -307,7 +307,7 @@ def markdown(result: dict) -> str:
     lines = [
         "# Model quality",
         "",
-        "Written by `make quality` (`python -m kitchenware.tools.quality`) on "
+        "Written by `make quality` (`python -m devtools.quality`) on "
         f"{r['date']}, {r['machine']}, data `{r['data']}` "
         f"(split {r['split_counts']}; {r['leaked_test_images']} test images are "
         "near or exact copies of train images: prep reports them and keeps them, so the "

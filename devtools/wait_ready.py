@@ -1,4 +1,4 @@
-"""`python -m kitchenware.tools.wait_ready URL [--timeout S]`: wait until a deployed gateway is ready.
+"""`python -m devtools.wait_ready URL [--timeout S]`: wait until a deployed gateway is ready.
 
 Polls URL/readyz (200 only when the gateway reaches the model and the model is
 loaded) so `make compose-test`, `kind-test` and `eks-test` start sending photos

@@ -1,9 +1,9 @@
 """`make serve`: the model server and the gateway on the latest exported model, until Ctrl-C.
 
-    python -m kitchenware.tools.serve [--model-base-path models/kitchenware] [--port 9696] [--grpc-port 8500]
+    python -m devtools.serve [--model-base-path models/kitchenware] [--port 9696] [--grpc-port 8500]
 
 With no exported model under --model-base-path, a quick demo model is trained
-first from synthetic sample data (the build steps of kitchenware.tools.demo) and
+first from synthetic sample data (the build steps of devtools.demo) and
 served instead. The gateway runs under gunicorn, in the TensorFlow-free
 `.venv-gateway` when it exists. Ctrl-C or SIGTERM stops both processes
 gracefully (SIGTERM, then SIGKILL after a grace period).
@@ -17,14 +17,14 @@ import sys
 import time
 from pathlib import Path
 
+from devtools.stack import ServingStack, gateway_python_note
 from kitchenware.core.contract import GATEWAY_PORT, GRPC_PORT, REST_PORT, versions
 from kitchenware.core.errors import KitchenwareError
-from kitchenware.tools.stack import ServingStack, gateway_python_note
 
 
 def demo_model(demo_dir: Path) -> Path:
-    """Train and export a quick demo model with kitchenware.tools.demo's build steps; its base."""
-    from kitchenware.tools import demo
+    """Train and export a quick demo model with devtools.demo's build steps; its base."""
+    from devtools import demo
 
     print(f"serve: no exported model yet; building a quick demo model in {demo_dir}/ first")
     demo.build(demo_dir)

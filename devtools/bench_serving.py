@@ -1,6 +1,6 @@
 """Model server throughput vs the same SavedModel in-process, batching on and off.
 
-    python -m kitchenware.tools.bench_serving [--size 299] [--clients 8] [--requests 12]
+    python -m devtools.bench_serving [--size 299] [--clients 8] [--requests 12]
 
 Exports an untrained Xception (weights none: the timing does not depend on the
 weights) at --size, measures the in-process `serving_default` throughput at
@@ -25,9 +25,9 @@ import time
 from datetime import date
 from pathlib import Path
 
+from devtools.benchlib import cpu_model
+from devtools.stack import ModelServer, export_untrained_model
 from kitchenware.core.contract import DEFAULT_IMAGE_SIZE, SIGNATURE
-from kitchenware.tools.benchlib import cpu_model
-from kitchenware.tools.stack import ModelServer, export_untrained_model
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -140,7 +140,7 @@ def main() -> int:
         return statistics.median(values)
 
     result = {
-        "command": "python -m kitchenware.tools.bench_serving " + " ".join(sys.argv[1:]),
+        "command": "python -m devtools.bench_serving " + " ".join(sys.argv[1:]),
         "date": date.today().isoformat(),
         "machine": f"{os.cpu_count()} CPUs, {cpu_model()}",
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),

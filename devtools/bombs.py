@@ -3,7 +3,7 @@
 Each is a few bytes to a few KB and declares a 6324 x 6324 canvas (just under
 the 40-megapixel limit), so the header-only pixel check lets them through and
 only the decode itself can be bounded. The tests upload them;
-`python -m kitchenware.tools.bombs` decodes each in a fresh process at 299 px
+`python -m devtools.bombs` decodes each in a fresh process at 299 px
 and prints the header's estimate and the measured peak memory.
 """
 

@@ -11,7 +11,7 @@ import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kitchenware.tools.stack import REPO
+from devtools.stack import REPO
 
 MINI_DATA = Path(
     os.environ.get("KITCHENWARE_MINI_DATA", REPO.parent / "shared" / "data" / "kitchenware-mini")

@@ -1,7 +1,7 @@
 """`make load`: N concurrent clients for T seconds against gunicorn + the model server.
 
-    python -m kitchenware.tools.load [--clients 8] [--seconds 60] [--size 96] [--json out.json]
-    python -m kitchenware.tools.load --concurrency-sweep 1,2,4,8,16 [--sweep-seconds 15]
+    python -m devtools.load [--clients 8] [--seconds 60] [--size 96] [--json out.json]
+    python -m devtools.load --concurrency-sweep 1,2,4,8,16 [--sweep-seconds 15]
 
 Starts everything itself on 127.0.0.1 - a freshly exported, untrained model
 (tiny by default; `--size 299` for the production input size), the model server
@@ -14,7 +14,7 @@ exits 1 when a goal is missed (any error; RSS growth above `--max-rss-growth`).
 `--concurrency-sweep` runs one shorter load per client count and draws latency
 percentiles and throughput against concurrency as a PNG.
 
-The processes come from kitchenware.tools.stack, as in the test-suite, so the load
+The processes come from devtools.stack, as in the test-suite, so the load
 runs exactly what the tests run.
 """
 
@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from kitchenware.tools.benchlib import MINI_DATA, machine
-from kitchenware.tools.stack import REPO, Gateway, ModelServer, export_untrained_model, rss_kb
+from devtools.benchlib import MINI_DATA, machine
+from devtools.stack import REPO, Gateway, ModelServer, export_untrained_model, rss_kb
 
 MINI_IMAGES = MINI_DATA / "images"
 REQUEST_TIMEOUT_S = 60.0

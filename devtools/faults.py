@@ -1,6 +1,6 @@
 """`make faults`: break the running stack on purpose, under load, and report what clients saw.
 
-    python -m kitchenware.tools.faults [--size 96] [--outage 5] [--json out.json]
+    python -m devtools.faults [--size 96] [--outage 5] [--json out.json]
 
 Four scenarios, each against real processes on 127.0.0.1 (model server, gunicorn
 gateway with 2 workers, a local web server for URL inputs):
@@ -38,9 +38,9 @@ from pathlib import Path
 
 import requests
 
-from kitchenware.tools.benchlib import machine
-from kitchenware.tools.load import Load, Outcome, load_photos
-from kitchenware.tools.stack import (
+from devtools.benchlib import machine
+from devtools.load import Load, Outcome, load_photos
+from devtools.stack import (
     Gateway,
     ModelServer,
     PhotoServer,

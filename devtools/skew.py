@@ -8,7 +8,7 @@ throw-away virtual environment (cached), loads the version folder there, runs
 `serving_default` on the export's own warm-up request and compares the
 probabilities with what the exporting TensorFlow computes.
 
-    python -m kitchenware.tools.skew models/kitchenware [--version N]
+    python -m devtools.skew models/kitchenware [--version N]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from kitchenware.core.contract import OUTPUT_PROBABILITIES, SIGNATURE, WARMUP_FI
 from kitchenware.core.errors import KitchenwareError
 from kitchenware.training.weights import default_cache_dir
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 MODEL_DOCKERFILE = REPO / "image-model.dockerfile"
 TOLERANCE = 1e-4
 

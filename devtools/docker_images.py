@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kitchenware.tools.docker_sandbox import Sandbox, SandboxError
-from kitchenware.tools.stack import REPO
+from devtools.docker_sandbox import Sandbox, SandboxError
+from devtools.stack import REPO
 
 STAND_IN_BASE = "kitchenware/python-base:3.11-bookworm"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")

@@ -1,6 +1,6 @@
 """`make demo`: the whole pipeline on synthetic sample data, one step after another.
 
-    python -m kitchenware.tools.demo [--dir demo]
+    python -m devtools.demo [--dir demo]
 
 Every step is a small function that takes the demo folder and runs a real
 `kitchenware` command in-process. Later stages append their steps to
@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from devtools.stack import ServingStack, gateway_python_note
 from kitchenware.cli import main as kitchenware
-from kitchenware.tools.stack import ServingStack, gateway_python_note
 
 
 def _run(*argv: str) -> None:
