@@ -14,34 +14,26 @@ from pathlib import Path
 # No sys.path edit: gunicorn puts its working folder on sys.path before it reads this
 # file, and kitchenware is installed wherever the gateway runs (image, venvs).
 from kitchenware.core.errors import KitchenwareError
-from kitchenware.gateway.config import Settings
+from kitchenware.gateway.config import ServerSettings, Settings
 from kitchenware.gateway.connections import ConnectionLimits
 
+try:
+    _server = ServerSettings.from_env()  # PORT, GUNICORN_BIND, GUNICORN_WORKERS, ...
+except KitchenwareError as exc:
+    raise SystemExit(f"gateway configuration error: {exc}") from None
 
-def _int_env(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    try:
-        value = int(raw) if raw else default
-    except ValueError:
-        raise SystemExit(f"gunicorn.conf.py: {name}={raw!r} is not a whole number") from None
-    if value <= 0:
-        raise SystemExit(f"gunicorn.conf.py: {name} must be greater than 0, got {value}")
-    return value
-
-
-bind = os.environ.get("GUNICORN_BIND") or f"0.0.0.0:{_int_env('PORT', 9696)}"
-workers = _int_env("GUNICORN_WORKERS", 2)
+bind = _server.address
+workers = _server.workers
 # gthread (a worker waiting on a URL download or the model server still serves its
 # other threads) whose answers to requests gunicorn itself refuses are JSON too.
 worker_class = "kitchenware.gateway.worker.JsonErrorWorker"
-threads = _int_env("GUNICORN_THREADS", 4)
-# A request is bounded by URL_FETCH_TIMEOUT + GRPC_TIMEOUT; this only catches stuck workers.
-timeout = _int_env("GUNICORN_TIMEOUT", 60)
-graceful_timeout = _int_env("GUNICORN_GRACEFUL_TIMEOUT", 20)
+threads = _server.threads
+timeout = _server.timeout
+graceful_timeout = _server.graceful_timeout
 keepalive = 5
 accesslog = "-"
 errorlog = "-"
-loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+loglevel = _server.log_level
 # gunicorn >= 24 opens a control socket at one fixed path per user; several gateways
 # (tests, benchmarks) on one machine would fight over it, and we do not use it.
 control_socket_disable = True

@@ -61,8 +61,10 @@ USER 10001
 EXPOSE 8500 8501
 HEALTHCHECK --interval=10s --timeout=8s --start-period=90s --retries=3 \
     CMD ["/usr/local/bin/model-healthcheck"]
-# Like TF Serving's entrypoint: name and base path from the environment, CMD appended.
+# Like TF Serving's entrypoint, CMD appended: the server itself reads MODEL_NAME,
+# MODEL_BASE_PATH (versions in $MODEL_BASE_PATH/$MODEL_NAME) and REST_PORT, and stops
+# with a message naming the variable when one holds a bad value.
 # Warm-up from assets.extra/tf_serving_warmup_requests always runs in this server.
-ENTRYPOINT ["/bin/sh", "-c", "exec kitchenware model-server --host 0.0.0.0 --port 8500 --rest-api-port \"$REST_PORT\" --model-name \"$MODEL_NAME\" --model-base-path \"$MODEL_BASE_PATH/$MODEL_NAME\" \"$@\"", "model-server"]
+ENTRYPOINT ["kitchenware", "model-server", "--host", "0.0.0.0", "--port", "8500"]
 CMD ["--enable_batching", \
      "--batching_parameters_file=/etc/kitchenware/batching_parameters.txt"]

@@ -1,23 +1,31 @@
 """Command-line options generated from a config dataclass, so each default is written once.
 
 A field becomes `--field-name` with the field's default, type and
-`metadata`: `help`, `choices`, `metavar`, `negatable` (a bool shown as
-`--x/--no-x`), `cli_default` (what the parser holds for a field the dataclass
-requires, e.g. None for a folder filled in later) and `cli` (False: not an
-option). A bool defaulting to False is a `--x` switch, one defaulting to True a
-`--no-x` switch. Every generated option notes on the namespace that the user
-gave it, so presets fill in only what was not typed (`from_args`).
+`metadata`: `help`, `choices`, `metavar`, `aliases` (more spellings, e.g. TF
+Serving's `--model_base_path`), `negatable` (a bool shown as `--x/--no-x`),
+`cli_default` (what the parser holds for a field the dataclass requires, e.g.
+None for a folder filled in later), `cli` (False: not an option), and the rules
+of `core.settings` (`env`, `gt`/`ge`/`le`, `nonblank`): a typed value is parsed
+and checked as that variable would be, and a field naming `env` takes the
+variable's value when its flag is not given. A bool defaulting to False is a
+`--x` switch, one defaulting to True a `--no-x` switch. Every generated option
+notes on the namespace that the user gave it, so presets and the environment
+fill in only what was not typed (`from_args`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
 import typing
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
+
+from kitchenware.core import settings
+from kitchenware.core.settings import value_type
+
+__all__ = ["add_fields", "cli_fields", "field_default", "flag_name", "from_args", "given",
+           "option", "value_type"]  # fmt: skip
 
 GIVEN = "_given_options"  # namespace attribute: dests typed on the command line
 
@@ -34,17 +42,39 @@ def _note_given(namespace, dest: str) -> None:
 
 
 class _Store(argparse.Action):
-    """`store` (nargs None) or `store_const` (nargs 0) that remembers it was used."""
+    """`store` that remembers it was used."""
 
     def __call__(self, parser, namespace, values, option_string=None):  # noqa: ARG002
-        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        setattr(namespace, self.dest, values)
         _note_given(namespace, self.dest)
 
 
-class _Negatable(argparse.BooleanOptionalAction):
-    def __call__(self, parser, namespace, values, option_string=None):
-        super().__call__(parser, namespace, values, option_string)
+class _Switch(argparse.Action):
+    """A bool switch; `stores` maps each of its spellings to the value it sets."""
+
+    def __init__(self, option_strings, dest, stores: Mapping[str, bool], **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+        self.stores = dict(stores)
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ARG002
+        setattr(namespace, self.dest, self.stores[option_string])
         _note_given(namespace, self.dest)
+
+
+class _Text:
+    """argparse `type=` for a field: parsed and checked by `core.settings`' rules."""
+
+    def __init__(self, f: dataclasses.Field, kind: type):
+        self.field, self.kind = f, kind
+        self.__name__ = kind.__name__  # argparse names the type in its own messages
+
+    def __call__(self, raw: str):
+        try:
+            value = settings.parse(self.kind, raw)
+            settings.check(self.field, value, choices=False)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not valid: {exc}") from None
+        return value
 
 
 def cli_fields(cls, only: Iterable[str] | None = None) -> list[dataclasses.Field]:
@@ -59,15 +89,6 @@ def cli_fields(cls, only: Iterable[str] | None = None) -> list[dataclasses.Field
 
 def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-def value_type(hint) -> type:
-    """`int` for `int`, `str` for `str | None`: the type argparse converts to."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    if hint not in (bool, int, float, str, Path):
-        raise TypeError(f"no command-line form for a field of type {hint!r}")
-    return hint
 
 
 def field_default(f: dataclasses.Field, defaults: Mapping[str, Any]) -> Any:
@@ -100,21 +121,27 @@ def add_fields(
             and f.default_factory is dataclasses.MISSING
             and "cli_default" not in f.metadata
         )
-        common = {
-            "dest": f.name,
-            "default": default,
-            "help": help.get(f.name, f.metadata.get("help") or None),
-        }
-        if kind is bool and f.metadata.get("negatable"):
-            parser.add_argument(flag_name(f.name), action=_Negatable, **common)
-        elif kind is bool:
-            name = f"--no-{f.name.replace('_', '-')}" if default else flag_name(f.name)
-            parser.add_argument(name, action=_Store, nargs=0, const=not default, **common)
+        text = help.get(f.name, f.metadata.get("help") or "")
+        if f.metadata.get("env"):
+            text = f"{text} [env {f.metadata['env']}]".strip()
+        common = {"dest": f.name, "default": default, "help": text or None}
+        aliases = tuple(f.metadata.get("aliases", ()))
+        if kind is bool:
+            # A switch sets the opposite of its default; a negatable field has both spellings.
+            # Aliases turn the field on, or off when spelt --no-...
+            no = f"--no-{f.name.replace('_', '-')}"
+            if f.metadata.get("negatable"):
+                stores = {flag_name(f.name): True, no: False}
+            else:
+                stores = {no if default else flag_name(f.name): not default}
+            stores.update({alias: not alias.startswith("--no-") for alias in aliases})
+            parser.add_argument(*stores, action=_Switch, stores=stores, **common)
         else:
             parser.add_argument(
                 flag_name(f.name),
+                *aliases,
                 action=_Store,
-                type=kind,
+                type=_Text(f, kind),
                 choices=f.metadata.get("choices"),
                 metavar=f.metadata.get("metavar"),
                 required=required,
@@ -133,14 +160,23 @@ def from_args(
     *,
     only: Iterable[str] | None = None,
     base: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
     **fixed: Any,
 ):
-    """Build `cls` from parsed `args`: typed options beat `base` (a preset), which beats defaults.
+    """Build `cls` from parsed `args`: typed options, then the environment (fields naming
+    `env`; `environ` defaults to os.environ), then `base` (a preset), then defaults.
 
     `only` as in add_fields; `fixed` sets fields outright (values computed by the command).
     """
-    values = {f.name: getattr(args, f.name) for f in cli_fields(cls, only)}
+    fields = cli_fields(cls, only)
+    values = {f.name: getattr(args, f.name) for f in fields}
     typed = given(args)
     values.update({k: v for k, v in (base or {}).items() if k not in typed})
+    if any(f.metadata.get("env") for f in dataclasses.fields(cls)):
+        from_env = settings.env_values(cls, environ)
+        wanted = {f.name for f in fields} | {
+            f.name for f in dataclasses.fields(cls) if not f.metadata.get("cli", True)
+        }
+        values.update({k: v for k, v in from_env.items() if k in wanted and k not in typed})
     values.update(fixed)
     return cls(**values)

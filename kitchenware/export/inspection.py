@@ -8,8 +8,10 @@ are loaded), so it is quick on any size of model. PATH may be the model base
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+from kitchenware.core.config import add_fields, from_args, option
 from kitchenware.core.contract import WARMUP_FILE, versions
 from kitchenware.core.errors import KitchenwareError
 
@@ -91,14 +93,22 @@ def format_inspection(found: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class InspectConfig:
+    """`kitchenware inspect` options (PATH, an optional positional, is added by hand)."""
+
+    json: bool = option(False, help="print JSON instead of text")
+
+
 def add_arguments(parser) -> None:
     parser.add_argument(
         "path", nargs="?", default="models/kitchenware", help="model base or version folder"
     )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_fields(parser, InspectConfig)
 
 
 def run(args) -> int:
     found = inspect(args.path)
-    print(json.dumps(found, indent=2) if args.json else format_inspection(found))
+    c = from_args(InspectConfig, args)
+    print(json.dumps(found, indent=2) if c.json else format_inspection(found))
     return 0

@@ -7,7 +7,19 @@ Importing this package is cheap and never imports TensorFlow.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from kitchenware.core.config import add_fields, from_args, option
 from kitchenware.core.contract import GATEWAY_PORT
+
+
+@dataclass(frozen=True)
+class DevServerConfig:
+    """`kitchenware gateway` options; the app's own settings come from the environment."""
+
+    host: str = option("127.0.0.1", help="address to listen on")
+    port: int = option(GATEWAY_PORT, ge=1, le=65535, help="HTTP port")
+    debug: bool = option(False, help="Flask debug mode (reloader, tracebacks)")
 
 
 def create_app(settings=None, model_client=None):
@@ -18,21 +30,18 @@ def create_app(settings=None, model_client=None):
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=GATEWAY_PORT, help="HTTP port")
-    parser.add_argument(
-        "--debug", action="store_true", help="Flask debug mode (reloader, tracebacks)"
-    )
+    add_fields(parser, DevServerConfig)
 
 
 def run(args) -> int:
     from kitchenware.gateway.config import Settings
 
+    c = from_args(DevServerConfig, args)
     settings = Settings.from_env()
     app = create_app(settings)
     print(
-        f"gateway on http://{args.host}:{args.port}/ -> model {settings.model_name!r} "
+        f"gateway on http://{c.host}:{c.port}/ -> model {settings.model_name!r} "
         f"at {settings.tf_serving_host} (development server; use gunicorn in production)"
     )
-    app.run(host=args.host, port=args.port, debug=args.debug, threaded=True)
+    app.run(host=c.host, port=c.port, debug=c.debug, threaded=True)
     return 0

@@ -7,12 +7,12 @@ naming the variable, instead of failing on the first request.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from kitchenware.core import contract
-from kitchenware.core.errors import KitchenwareError
+from kitchenware.core import contract, settings
+from kitchenware.core.config import option
+from kitchenware.core.settings import SettingsError
 
 TF_SERVING_HOST = "TF_SERVING_HOST"
 MODEL_NAME = "MODEL_NAME"
@@ -25,101 +25,73 @@ MAX_REQUEST_BYTES = "MAX_REQUEST_BYTES"
 MAX_BATCH = "MAX_BATCH"
 URL_FETCH_TIMEOUT = "URL_FETCH_TIMEOUT"
 ALLOW_PRIVATE_URLS = "ALLOW_PRIVATE_URLS"
+# gunicorn.conf.py's own variables (the process model, not the app).
+PORT = "PORT"
+GUNICORN_BIND = "GUNICORN_BIND"
+GUNICORN_WORKERS = "GUNICORN_WORKERS"
+GUNICORN_THREADS = "GUNICORN_THREADS"
+GUNICORN_TIMEOUT = "GUNICORN_TIMEOUT"
+GUNICORN_GRACEFUL_TIMEOUT = "GUNICORN_GRACEFUL_TIMEOUT"
+GUNICORN_LOG_LEVEL = "GUNICORN_LOG_LEVEL"
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-class ConfigError(KitchenwareError):
-    """An environment variable holds a value the gateway cannot use."""
+ConfigError = SettingsError  # the name this module has always raised
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything the gateway can be configured with; defaults suit a laptop."""
 
-    tf_serving_host: str = f"localhost:{contract.GRPC_PORT}"
-    model_name: str = contract.MODEL_NAME
-    grpc_timeout: float = 10.0
-    grpc_max_message_bytes: int = contract.MAX_MESSAGE_BYTES
-    max_image_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
+    tf_serving_host: str = option(
+        f"localhost:{contract.GRPC_PORT}", env=TF_SERVING_HOST, nonblank=True
+    )
+    model_name: str = option(contract.MODEL_NAME, env=MODEL_NAME, nonblank=True)
+    grpc_timeout: float = option(10.0, env=GRPC_TIMEOUT, gt=0)
+    grpc_max_message_bytes: int = option(
+        contract.MAX_MESSAGE_BYTES, env=GRPC_MAX_MESSAGE_BYTES, gt=0
+    )
+    max_image_bytes: int = option(10 * 1024 * 1024, env=MAX_IMAGE_BYTES, gt=0)
+    max_image_pixels: int = option(40_000_000, env=MAX_IMAGE_PIXELS, gt=0)
     # Per worker, shared by its threads: 2 workers x (160 MiB + ~70 MiB baseline)
     # stay inside the 512 MiB the manifests give the gateway container.
-    max_decode_bytes: int = 160 * 2**20
+    max_decode_bytes: int = option(160 * 2**20, env=MAX_DECODE_BYTES, gt=0)
     # The whole HTTP body (a batch of uploads, base64 inflates by 4/3).
-    max_request_bytes: int = 50 * 1024 * 1024
-    max_batch: int = 32
-    url_fetch_timeout: float = 5.0
-    allow_private_urls: bool = False
+    max_request_bytes: int = option(50 * 1024 * 1024, env=MAX_REQUEST_BYTES, gt=0)
+    max_batch: int = option(32, env=MAX_BATCH, gt=0)
+    url_fetch_timeout: float = option(5.0, env=URL_FETCH_TIMEOUT, gt=0)
+    allow_private_urls: bool = option(False, env=ALLOW_PRIVATE_URLS)
 
     def __post_init__(self) -> None:
-        positive = {
-            GRPC_TIMEOUT: self.grpc_timeout,
-            GRPC_MAX_MESSAGE_BYTES: self.grpc_max_message_bytes,
-            MAX_IMAGE_BYTES: self.max_image_bytes,
-            MAX_IMAGE_PIXELS: self.max_image_pixels,
-            MAX_DECODE_BYTES: self.max_decode_bytes,
-            MAX_REQUEST_BYTES: self.max_request_bytes,
-            MAX_BATCH: self.max_batch,
-            URL_FETCH_TIMEOUT: self.url_fetch_timeout,
-        }
-        for name, value in positive.items():
-            if not value > 0:
-                raise ConfigError(f"{name} must be greater than 0, got {value!r}")
-        if not self.tf_serving_host.strip():
-            raise ConfigError(f"{TF_SERVING_HOST} must not be empty")
-        if not self.model_name.strip():
-            raise ConfigError(f"{MODEL_NAME} must not be empty")
+        settings.check_fields(self)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from `environ` (default os.environ); unset or empty variables keep defaults."""
-        env = os.environ if environ is None else environ
-        defaults = {f.name: f.default for f in fields(cls)}
-
-        def get(name: str, field: str, parse):
-            raw = env.get(name, "").strip()
-            if raw == "":
-                return defaults[field]
-            try:
-                return parse(raw)
-            except ValueError as exc:
-                raise ConfigError(f"{name}={raw!r} is not valid: {exc}") from None
-
-        return cls(
-            tf_serving_host=get(TF_SERVING_HOST, "tf_serving_host", str),
-            model_name=get(MODEL_NAME, "model_name", str),
-            grpc_timeout=get(GRPC_TIMEOUT, "grpc_timeout", _seconds),
-            grpc_max_message_bytes=get(GRPC_MAX_MESSAGE_BYTES, "grpc_max_message_bytes", _count),
-            max_image_bytes=get(MAX_IMAGE_BYTES, "max_image_bytes", _count),
-            max_image_pixels=get(MAX_IMAGE_PIXELS, "max_image_pixels", _count),
-            max_decode_bytes=get(MAX_DECODE_BYTES, "max_decode_bytes", _count),
-            max_request_bytes=get(MAX_REQUEST_BYTES, "max_request_bytes", _count),
-            max_batch=get(MAX_BATCH, "max_batch", _count),
-            url_fetch_timeout=get(URL_FETCH_TIMEOUT, "url_fetch_timeout", _seconds),
-            allow_private_urls=get(ALLOW_PRIVATE_URLS, "allow_private_urls", _flag),
-        )
+        return settings.from_env(cls, environ)
 
 
-def _seconds(raw: str) -> float:
-    value = float(raw)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError("expected a finite number of seconds")
-    return value
+@dataclass(frozen=True)
+class ServerSettings:
+    """gunicorn's process model for the gateway (read by gunicorn.conf.py)."""
 
+    port: int = option(contract.GATEWAY_PORT, env=PORT, ge=1, le=65535)
+    # host:port (or unix:PATH) to listen on; overrides PORT.
+    bind: str | None = option(None, env=GUNICORN_BIND)
+    workers: int = option(2, env=GUNICORN_WORKERS, gt=0)
+    threads: int = option(4, env=GUNICORN_THREADS, gt=0)
+    # A request is bounded by URL_FETCH_TIMEOUT + GRPC_TIMEOUT; this only catches stuck workers.
+    timeout: int = option(60, env=GUNICORN_TIMEOUT, gt=0)
+    graceful_timeout: int = option(20, env=GUNICORN_GRACEFUL_TIMEOUT, gt=0)
+    log_level: str = option(
+        "info", env=GUNICORN_LOG_LEVEL, choices=("debug", "info", "warning", "error", "critical")
+    )
 
-def _count(raw: str) -> int:
-    try:
-        return int(raw.replace("_", ""))
-    except ValueError:
-        raise ValueError("expected a whole number") from None
+    def __post_init__(self) -> None:
+        settings.check_fields(self)
 
+    @property
+    def address(self) -> str:
+        return self.bind or f"0.0.0.0:{self.port}"
 
-def _flag(raw: str) -> bool:
-    value = raw.lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError("expected true or false")
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
+        return settings.from_env(cls, environ)

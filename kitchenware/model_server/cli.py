@@ -18,9 +18,11 @@ import signal
 import threading
 import time
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 
-from kitchenware.core.contract import GRPC_PORT, MAX_MESSAGE_BYTES, MODEL_NAME
+from kitchenware.core.config import add_fields, from_args, option
+from kitchenware.core.contract import GRPC_PORT, MAX_MESSAGE_BYTES, MODEL_NAME, REST_PORT
 from kitchenware.core.errors import KitchenwareError
 from kitchenware.model_server import rest as model_server_rest
 
@@ -28,152 +30,125 @@ from kitchenware.model_server import rest as model_server_rest
 # the stats file in `stats`. The logger keeps the name operators already filter on.
 log = logging.getLogger("kitchenware.model_server")
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-def add_arguments(parser) -> None:
-    parser.add_argument(
-        "--model-base-path",
-        "--model_base_path",
-        dest="model_base_path",
-        default=f"models/{MODEL_NAME}",
-        help="folder holding numbered SavedModel versions",
+
+@dataclass(kw_only=True)
+class ModelServerConfig:
+    """`kitchenware model-server` options; `env` names TF Serving's image variables.
+
+    A new option is one field here (e.g. `backend: str = option("auto", env=...,
+    choices=...)`); the flag, its help, the variable and its checks follow from it.
+    """
+
+    model_base_path: str | None = option(
+        None,
+        aliases=("--model_base_path",),
+        help="folder holding numbered SavedModel versions "
+        f"(default: $MODEL_BASE_PATH/MODEL_NAME, else models/{MODEL_NAME})",
     )
-    parser.add_argument(
-        "--model-name",
-        "--model_name",
-        dest="model_name",
-        default=MODEL_NAME,
+    models_root: str | None = option(
+        None, env="MODEL_BASE_PATH", cli=False, help="parent of each model's folder"
+    )
+    model_name: str = option(
+        MODEL_NAME,
+        env="MODEL_NAME",
+        aliases=("--model_name",),
+        nonblank=True,
         help="name clients put in model_spec.name",
     )
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)"
+    host: str = option("127.0.0.1", help="address to bind (0.0.0.0 in a container)")
+    port: int = option(GRPC_PORT, ge=1, le=65535, help="gRPC port")
+    rest_api_port: int = option(
+        REST_PORT,
+        env="REST_PORT",
+        aliases=("--rest_api_port",),
+        ge=0,
+        le=65535,
+        help="TF Serving's REST API (model status, :predict); 0 turns it off. "
+        "A port already in use is logged as an error and gRPC keeps serving",
     )
-    parser.add_argument("--port", type=int, default=GRPC_PORT, help="gRPC port")
-    parser.add_argument(
-        "--enable-batching",
-        "--enable_batching",
-        dest="batching",
-        action="store_true",
-        default=True,
-        help="batch concurrent requests on the server",
+    rest_max_body_bytes: int = option(MAX_MESSAGE_BYTES, gt=0, help="largest :predict request body")
+    batching: bool = option(
+        True,
+        negatable=True,
+        aliases=("--enable-batching", "--enable_batching"),
+        help="batch concurrent requests on the server (--no-batching: every request alone)",
     )
-    parser.add_argument(
-        "--no-batching", dest="batching", action="store_false", help="run every request alone"
+    max_batch_size: int = option(32, ge=1, help="rows per batch at most")
+    batch_timeout_ms: float = option(
+        5.0, ge=0, help="how long the oldest queued request waits for others"
     )
-    parser.add_argument("--max-batch-size", type=int, default=32, help="rows per batch at most")
-    parser.add_argument(
-        "--batch-timeout-ms",
-        type=float,
-        default=5.0,
-        help="how long the oldest queued request waits for others",
-    )
-    parser.add_argument("--num-batch-threads", type=int, default=1, help="batches run in parallel")
-    parser.add_argument(
-        "--batching-parameters-file",
-        "--batching_parameters_file",
-        dest="batching_parameters_file",
-        default=None,
+    num_batch_threads: int = option(1, ge=1, help="batches run in parallel")
+    batching_parameters_file: str | None = option(
+        None,
+        aliases=("--batching_parameters_file",),
         help="TF Serving's batching parameters (text format); overrides the flags",
     )
-    parser.add_argument(
-        "--poll-seconds",
-        "--file_system_poll_wait_seconds",
-        dest="poll_seconds",
-        type=float,
-        default=2.0,
+    poll_seconds: float = option(
+        2.0,
+        aliases=("--file_system_poll_wait_seconds",),
+        ge=0,
         help="look for new versions this often (0: load once)",
     )
-    parser.add_argument(
-        "--max-num-load-retries",
-        "--max_num_load_retries",
-        dest="max_num_load_retries",
-        type=int,
-        default=5,
+    max_num_load_retries: int = option(
+        5,
+        aliases=("--max_num_load_retries",),
+        ge=0,
         help="before the first version serves: retry a failed load this often, then exit 1",
     )
-    parser.add_argument(
-        "--load-retry-interval-seconds",
-        dest="load_retry_interval_seconds",
-        type=float,
-        default=60.0,
-        help="wait between those retries (TF Serving's --load_retry_interval_micros)",
+    load_retry_interval_seconds: float = option(
+        60.0, ge=0, help="wait between those retries (TF Serving's --load_retry_interval_micros)"
     )
-    parser.add_argument(
-        "--num-versions",
-        type=int,
-        default=1,
-        help="serve this many newest versions (TF Serving's latest{num_versions})",
+    num_versions: int = option(
+        1, ge=1, help="serve this many newest versions (TF Serving's latest{num_versions})"
     )
-    parser.add_argument(
-        "--warmup-iterations",
-        type=int,
-        default=1,
+    warmup_iterations: int = option(
+        1,
+        ge=1,
         help="run each warm-up record this many times "
         "(TF Serving's ModelWarmupOptions.num_request_iterations)",
     )
-    parser.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=MAX_MESSAGE_BYTES,
-        help="largest gRPC message in/out",
+    max_message_bytes: int = option(MAX_MESSAGE_BYTES, ge=1024, help="largest gRPC message in/out")
+    grpc_threads: int = option(64, ge=1, help="concurrent RPCs at most")
+    shutdown_grace_seconds: float = option(
+        10.0, ge=0, help="on SIGTERM, wait this long for in-flight requests"
     )
-    parser.add_argument("--grpc-threads", type=int, default=64, help="concurrent RPCs at most")
-    parser.add_argument(
-        "--shutdown-grace-seconds",
-        type=float,
-        default=10.0,
-        help="on SIGTERM, wait this long for in-flight requests",
-    )
-    parser.add_argument(
-        "--stats-file",
-        default=None,
+    stats_file: str | None = option(
+        None,
         help="keep a JSON file with served versions, load failures and batch counts up to date",
     )
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    log_level: str = option("INFO", choices=LOG_LEVELS, help="least severe log record shown")
+    check_config: bool = option(
+        False, help="validate the flags and the batching file, print the settings, exit"
     )
-    parser.add_argument(
-        "--check-config",
-        action="store_true",
-        help="validate the flags and the batching file, print the settings, exit",
-    )
-    model_server_rest.add_arguments(parser)
+
+    def __post_init__(self) -> None:
+        if self.model_base_path is None:
+            self.model_base_path = str(Path(self.models_root or "models") / self.model_name)
 
 
-def batching_config(args):
+def add_arguments(parser) -> None:
+    add_fields(parser, ModelServerConfig)
+
+
+def config_from_args(args, environ=None) -> ModelServerConfig:
+    """Typed flags, then MODEL_NAME / MODEL_BASE_PATH / REST_PORT, then the defaults."""
+    return from_args(ModelServerConfig, args, environ=environ)
+
+
+def batching_config(c: ModelServerConfig):
     """BatchingConfig from the flags, then the parameters file on top (as TF Serving reads it)."""
     from kitchenware.model_server.batching_config import BatchingConfig, load_batching_parameters
 
     base = BatchingConfig(
-        max_batch_size=args.max_batch_size,
-        batch_timeout_micros=int(round(args.batch_timeout_ms * 1000)),
-        num_batch_threads=args.num_batch_threads,
+        max_batch_size=c.max_batch_size,
+        batch_timeout_micros=int(round(c.batch_timeout_ms * 1000)),
+        num_batch_threads=c.num_batch_threads,
     )
-    if args.batching_parameters_file:
-        return load_batching_parameters(args.batching_parameters_file, base)
+    if c.batching_parameters_file:
+        return load_batching_parameters(c.batching_parameters_file, base)
     return base
-
-
-def _check_args(args) -> None:
-    if not 0 < args.port < 65536:
-        raise KitchenwareError(f"--port must be 1..65535, got {args.port}")
-    if args.num_versions < 1:
-        raise KitchenwareError(f"--num-versions must be >= 1, got {args.num_versions}")
-    if args.max_message_bytes < 1024:
-        raise KitchenwareError(f"--max-message-bytes is too small: {args.max_message_bytes}")
-    if args.grpc_threads < 1:
-        raise KitchenwareError(f"--grpc-threads must be >= 1, got {args.grpc_threads}")
-    if args.poll_seconds < 0:
-        raise KitchenwareError(f"--poll-seconds must be >= 0, got {args.poll_seconds}")
-    if args.max_num_load_retries < 0:
-        raise KitchenwareError(
-            f"--max-num-load-retries must be >= 0, got {args.max_num_load_retries}"
-        )
-    if args.load_retry_interval_seconds < 0:
-        raise KitchenwareError(
-            f"--load-retry-interval-seconds must be >= 0, got {args.load_retry_interval_seconds}"
-        )
-    if args.warmup_iterations < 1:
-        raise KitchenwareError(f"--warmup-iterations must be >= 1, got {args.warmup_iterations}")
 
 
 def _listen(server, args) -> str:
@@ -189,7 +164,7 @@ def _listen(server, args) -> str:
 
 
 def run(args) -> int:
-    _check_args(args)
+    args = config_from_args(args)
     config = batching_config(args)
     if args.check_config:
         print(json.dumps({"batching": args.batching, **config.__dict__}, indent=2, default=list))

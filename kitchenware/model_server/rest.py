@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from kitchenware.core.contract import MAX_MESSAGE_BYTES, REST_PORT, SIGNATURE
+from kitchenware.core.contract import SIGNATURE
 from kitchenware.core.errors import KitchenwareError
 
 log = logging.getLogger("kitchenware.model_server.rest")
@@ -36,24 +36,6 @@ class RestError(Exception):
     def __init__(self, status: HTTPStatus, message: str):
         super().__init__(message)
         self.status = status
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument(
-        "--rest-api-port",
-        "--rest_api_port",
-        dest="rest_api_port",
-        type=int,
-        default=REST_PORT,
-        help="TF Serving's REST API (model status, :predict); 0 turns it off. "
-        "A port already in use is logged as an error and gRPC keeps serving",
-    )
-    parser.add_argument(
-        "--rest-max-body-bytes",
-        type=int,
-        default=MAX_MESSAGE_BYTES,
-        help="largest :predict request body",
-    )
 
 
 def model_status(manager, model_name: str, name: str, version: int | None) -> dict:
@@ -282,8 +264,6 @@ def start(manager, args) -> RestServer | None:
     """The REST API as the flags ask, or None (off, or its port is taken: logged)."""
     if not args.rest_api_port:
         return None
-    if not 0 < args.rest_api_port < 65536:
-        raise KitchenwareError(f"--rest-api-port must be 0..65535, got {args.rest_api_port}")
     try:
         server = RestServer(
             manager, args.model_name, args.host, args.rest_api_port, args.rest_max_body_bytes

@@ -8,21 +8,30 @@ status is 1 when any input failed, with the gateway's own error message.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from kitchenware.core.config import add_fields, from_args, option
 from kitchenware.core.contract import GATEWAY_PORT
 from kitchenware.core.errors import KitchenwareError
 
 DEFAULT_GATEWAY = f"http://localhost:{GATEWAY_PORT}"
 
 
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """`kitchenware classify` / `python test.py` options (the inputs, positional, by hand)."""
+
+    gateway: str = option(DEFAULT_GATEWAY, help="gateway base URL")
+    top: int = option(3, ge=1, help="how many classes to list")
+    timeout: float = option(60.0, gt=0, help="seconds to wait per request")
+
+
 def add_arguments(parser) -> None:
     parser.add_argument(
         "inputs", nargs="*", metavar="URL_OR_PATH", help="image files or http(s) URLs"
     )
-    parser.add_argument("--gateway", default=DEFAULT_GATEWAY, help="gateway base URL")
-    parser.add_argument("--top", type=int, default=3, help="how many classes to list")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per request")
+    add_fields(parser, ClassifyConfig)
 
 
 def is_url(text: str) -> bool:
@@ -84,16 +93,15 @@ def run(args) -> int:
             "give one or more image files or http(s) URLs, e.g. "
             "`python test.py photo.jpg --gateway http://localhost:9696`"
         )
-    if args.top < 1:
-        raise KitchenwareError(f"--top must be at least 1, got {args.top}")
+    c = from_args(ClassifyConfig, args)
     failures = 0
     with requests.Session() as session:
         for source in args.inputs:
             try:
-                answer = classify_one(session, args.gateway, source, args.timeout)
+                answer = classify_one(session, c.gateway, source, c.timeout)
             except KitchenwareError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 failures += 1
                 continue
-            print(format_answer(source, answer, args.top))
+            print(format_answer(source, answer, c.top))
     return 1 if failures else 0

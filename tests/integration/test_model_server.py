@@ -447,8 +447,14 @@ def test_cli_validates_the_batching_file_and_flags(tmp_path):
     assert "Traceback" not in refused.stderr
     assert cli("--port", "0", "--check-config").returncode == 2
     negative = cli("--max-num-load-retries", "-1", "--check-config")
-    assert negative.returncode == 2 and "--max-num-load-retries must be >= 0" in negative.stderr
+    assert negative.returncode == 2
+    assert "argument --max-num-load-retries/--max_num_load_retries: '-1' is not valid: " in (
+        negative.stderr
+    )
+    assert "must be at least 0" in negative.stderr
     negative = cli("--load-retry-interval-seconds", "-1", "--check-config")
-    assert negative.returncode == 2 and "--load-retry-interval-seconds must be" in negative.stderr
+    assert negative.returncode == 2 and "--load-retry-interval-seconds: '-1' is not valid" in (
+        negative.stderr
+    )
     # TF Serving's spelling of the retry flag works too.
     assert cli("--max_num_load_retries", "0", "--check-config").returncode == 0

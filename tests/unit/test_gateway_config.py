@@ -60,9 +60,9 @@ def test_values_are_read_from_the_named_variables():
     "name, value, message",
     [
         (config.GRPC_TIMEOUT, "soon", "GRPC_TIMEOUT='soon' is not valid"),
-        (config.GRPC_TIMEOUT, "0", "GRPC_TIMEOUT must be greater than 0"),
+        (config.GRPC_TIMEOUT, "0", "GRPC_TIMEOUT='0' is not valid: must be greater than 0"),
         (config.MAX_BATCH, "2.5", "MAX_BATCH='2.5' is not valid: expected a whole number"),
-        (config.MAX_IMAGE_BYTES, "-1", "MAX_IMAGE_BYTES must be greater than 0"),
+        (config.MAX_IMAGE_BYTES, "-1", "MAX_IMAGE_BYTES='-1' is not valid: must be greater than 0"),
         (config.ALLOW_PRIVATE_URLS, "maybe", "ALLOW_PRIVATE_URLS='maybe' is not valid"),
         (config.URL_FETCH_TIMEOUT, "nan", "URL_FETCH_TIMEOUT='nan' is not valid"),
     ],
