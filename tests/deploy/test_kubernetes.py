@@ -18,10 +18,10 @@ import pytest
 import yaml
 from support.deploy_tools import (
     BASE,
+    DEPLOY_MK,
     INSTANCE_MEMORY_GIB,
     K8S_VERSION,
     KUBE,
-    MAKEFILE,
     OVERLAYS,
     RenderError,
     base_docs,
@@ -179,8 +179,8 @@ def test_kind_cluster_maps_the_gateway_node_port_and_pins_the_version():
     service = rendered("kind")[("Service", "gateway")]
     assert service["spec"]["type"] == "NodePort"
     assert service["spec"]["ports"][0]["nodePort"] == mapping["containerPort"]
-    assert f"http://localhost:{mapping['hostPort']}" == makefile_variable(MAKEFILE, "KIND_URL")
-    assert makefile_variable(MAKEFILE, "KIND_CLUSTER") == config["name"]
+    assert f"http://localhost:{mapping['hostPort']}" == makefile_variable(DEPLOY_MK, "KIND_URL")
+    assert makefile_variable(DEPLOY_MK, "KIND_CLUSTER") == config["name"]
     for name in ("model", "gateway"):
         (container,) = containers(rendered("kind")[("Deployment", name)])
         assert container["imagePullPolicy"] == "Never", "kind runs the images `kind load` put there"
@@ -188,7 +188,7 @@ def test_kind_cluster_maps_the_gateway_node_port_and_pins_the_version():
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_images_carry_the_placeholders_make_fills_in(overlay):
-    makefile = MAKEFILE.read_text()
+    makefile = DEPLOY_MK.read_text()
     assert "-e 's|:IMAGE_TAG$$|:$(IMAGE_TAG)|'" in makefile
     assert "-e 's|ECR_REGISTRY/|$(ECR_REGISTRY)/|'" in makefile
     for name in ("model", "gateway"):
@@ -199,14 +199,14 @@ def test_overlay_images_carry_the_placeholders_make_fills_in(overlay):
             f"kitchenware-{name}" if overlay == "kind" else f"ECR_REGISTRY/kitchenware-{name}"
         )
         assert image == expected
-        assert image.endswith(makefile_variable(MAKEFILE, f"{name.upper()}_IMAGE"))
+        assert image.endswith(makefile_variable(DEPLOY_MK, f"{name.upper()}_IMAGE"))
 
 
 def test_eks_node_group_fits_the_measured_memory():
     config = yaml.safe_load((REPO / "eks-config.yaml").read_text())
     assert config["apiVersion"] == "eksctl.io/v1alpha5" and config["kind"] == "ClusterConfig"
     assert config["metadata"]["version"] == K8S_VERSION
-    assert makefile_variable(MAKEFILE, "AWS_REGION").startswith("$(shell sed")
+    assert makefile_variable(DEPLOY_MK, "AWS_REGION").startswith("$(shell sed")
     (group,) = config["managedNodeGroups"]
     assert group["minSize"] <= group["desiredCapacity"] <= group["maxSize"]
     node_gib = INSTANCE_MEMORY_GIB[group["instanceType"]]

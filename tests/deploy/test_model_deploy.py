@@ -11,9 +11,9 @@ import threading
 import pytest
 from support.deploy_tools import (
     BATCHING_FILE,
+    DEPLOY_MK,
     GATEWAY_DOCKERFILE,
     HEALTHCHECK,
-    MAKEFILE,
     MODEL_DOCKERFILE,
     PYTHON_MODEL_DOCKERFILE,
     base_docs,
@@ -78,7 +78,7 @@ def test_model_dockerfile_copies_what_export_writes(dockerfile):
     server_base = config_from_args(build_parser("model-server")[0].parse_args([]), {})
     server_base = server_base.model_base_path
     assert server_base == export_out
-    assert "models/kitchenware/$(MODEL_VERSION)/saved_model.pb" in MAKEFILE.read_text()
+    assert "models/kitchenware/$(MODEL_VERSION)/saved_model.pb" in DEPLOY_MK.read_text()
     from_line = dockerfile_values(MODEL_DOCKERFILE, "FROM")
     assert from_line == ["tensorflow/serving:${TF_SERVING_VERSION}"]
     # a pinned release, the same one the version-skew check loads exports with

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import runpy
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from support.deploy_tools import (
     COMPOSE,
+    DEPLOY_MK,
     GATEWAY_DOCKERFILE,
     MAKEFILE,
     MODEL_DOCKERFILE,
@@ -129,7 +131,7 @@ def test_deploy_target_stops_early_when_its_tool_is_missing(target, tmp_path):
     assert f"{DEPLOY_TARGETS[target]}" in result.stderr and "is not installed" in result.stderr, (
         result.stderr
     )
-    for prerequisite in makefile_prerequisites(MAKEFILE, target):
+    for prerequisite in makefile_prerequisites(DEPLOY_MK, target):
         assert prerequisite.startswith("need-") or prerequisite in (
             "images",
             "model-check",
@@ -145,6 +147,50 @@ def test_tool_check_passes_once_the_tool_is_there(tmp_path):
     assert run_make("need-kind", str(tmp_path)).returncode == 0
     fake.unlink()
     assert run_make("need-kind", str(tmp_path)).returncode != 0
+
+
+def _phony_targets() -> set[str]:
+    """Every .PHONY target of the Makefile and what it includes, from make's own database."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make not installed")
+    database = subprocess.run(
+        [make, "--no-print-directory", "-C", str(REPO), "-pRrq", "-f", "Makefile", "help"],
+        capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    phony = [line for line in database.splitlines() if line.startswith(".PHONY:")]
+    assert phony, "make printed no .PHONY line"
+    return {target for line in phony for target in line.split(":", 1)[1].split()}
+
+
+def test_make_help_lists_every_target_once_with_its_help():
+    phony = _phony_targets()
+    rules = set()
+    for path in (MAKEFILE, DEPLOY_MK):  # every named rule is phony (files are $(...) paths)
+        rules |= set(re.findall(r"^([a-z][\w-]*):(?!=)", path.read_text(), re.MULTILINE))
+    assert rules == phony, (rules ^ phony, "declare each target .PHONY")
+    listed = run_make("help", os.environ["PATH"])
+    assert listed.returncode == 0, listed.stderr
+    entries = re.findall(r"^  ([\w-]+) +(\S.*)$", listed.stdout, re.MULTILINE)
+    names = [name for name, _ in entries]
+    assert sorted(names) == sorted(phony), set(names) ^ phony
+    assert {"test", "compose-test", "lint", "help", "eks-down"} <= set(names)
+    assert all(len(text) > 10 for _, text in entries)
+
+
+def test_no_recipe_is_longer_than_a_few_lines():
+    """Longer recipes belong in scripts/, where they can be read and run on their own."""
+    for path in (MAKEFILE, DEPLOY_MK):
+        recipe, target = [], None
+        for line in [*path.read_text().splitlines(), ""]:
+            if line.startswith("\t"):
+                recipe.append(line)
+                continue
+            if target and len(recipe) > 5:
+                raise AssertionError(f"{path.name}: {target} has a {len(recipe)}-line recipe")
+            recipe = []
+            match = re.match(r"^([^\s:=#]+):(?!=)", line)
+            target = match.group(1) if match else (target if line.startswith(" ") else None)
 
 
 def test_architecture_diagram_renders_from_its_source(tmp_path):

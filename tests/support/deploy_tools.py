@@ -237,7 +237,7 @@ def makefile_variable(makefile: Path, name: str) -> str:
 def makefile_prerequisites(makefile: Path, target: str) -> list[str]:
     match = re.search(rf"^{re.escape(target)}:(?!=)(.*)$", makefile.read_text(), re.MULTILINE)
     assert match, f"{makefile}: no target {target}"
-    return match.group(1).split()
+    return match.group(1).split("#", 1)[0].split()  # the `## help` comment is no prerequisite
 
 
 # --- the repository's deployment files and readers over them ---
@@ -253,6 +253,7 @@ COMPOSE = REPO / "docker-compose.yaml"
 BATCHING_FILE = REPO / "serving" / "batching_parameters.txt"
 HEALTHCHECK = REPO / "serving" / "model-healthcheck.sh"
 MAKEFILE = REPO / "Makefile"
+DEPLOY_MK = REPO / "make" / "deploy.mk"  # the deployment targets, included by the Makefile
 # Kubernetes minor version the schemas are pinned to; kind's node image and
 # eksctl's cluster version must name the same one.
 K8S_VERSION = "1.32"
