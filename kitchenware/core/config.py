@@ -66,7 +66,6 @@ class _Text:
 
     def __init__(self, f: dataclasses.Field, kind: type):
         self.field, self.kind = f, kind
-        self.__name__ = kind.__name__  # argparse names the type in its own messages
 
     def __call__(self, raw: str):
         try:
