@@ -3,10 +3,17 @@
 `python test.py photo.jpg https://example.com/cup.jpg --gateway http://localhost:9696`
 prints the label, its probability and the top classes for each input. The exit
 status is 1 when any input failed, with the gateway's own error message.
+
+With `--explain` each input goes to the gateway's /explain instead, and the
+Grad-CAM overlay it answers is saved as a PNG next to the photo
+(`photo.jpg` -> `photo.explain.png`; for a URL, in the current folder).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import sys
 from pathlib import Path
 
@@ -23,17 +30,27 @@ def add_arguments(parser) -> None:
     parser.add_argument("--gateway", default=DEFAULT_GATEWAY, help="gateway base URL")
     parser.add_argument("--top", type=int, default=3, help="how many classes to list")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per request")
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="ask /explain and save the Grad-CAM overlay next to each photo (NAME.explain.png)",
+    )
+
+
+OVERLAY_SUFFIX = ".explain.png"
 
 
 def is_url(text: str) -> bool:
     return text.lower().startswith(("http://", "https://"))
 
 
-def classify_one(session, gateway: str, source: str, timeout: float) -> dict:
+def classify_one(
+    session, gateway: str, source: str, timeout: float, endpoint: str = "/predict"
+) -> dict:
     """The gateway's answer for one file or URL; raises KitchenwareError with its message."""
     import requests
 
-    endpoint = gateway.rstrip("/") + "/predict"
+    endpoint = gateway.rstrip("/") + endpoint
     try:
         if is_url(source):
             response = session.post(endpoint, json={"url": source}, timeout=timeout)
@@ -76,6 +93,31 @@ def format_answer(source: str, answer: dict, top: int) -> str:
     return "\n".join(lines)
 
 
+def overlay_path(source: str) -> Path:
+    """Where `--explain` saves the overlay of `source`: beside a file, in the current folder
+    for a URL (named after the URL's last path part)."""
+    if not is_url(source):
+        path = Path(source)
+        return path.with_name(path.stem + OVERLAY_SUFFIX)
+    last = source.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(last).stem) or "image"
+    return Path(stem + OVERLAY_SUFFIX)
+
+
+def save_overlay(source: str, answer: dict) -> Path:
+    """Write the overlay PNG of an /explain answer; raises KitchenwareError if there is none."""
+    try:
+        png = base64.b64decode(answer["explanation"]["overlay_png"], validate=True)
+    except (KeyError, TypeError, binascii.Error, ValueError):
+        raise KitchenwareError(f"{source}: the gateway's answer holds no overlay PNG") from None
+    path = overlay_path(source)
+    try:
+        path.write_bytes(png)
+    except OSError as exc:
+        raise KitchenwareError(f"{source}: cannot write the overlay to {path}: {exc}") from None
+    return path
+
+
 def run(args) -> int:
     import requests
 
@@ -89,11 +131,15 @@ def run(args) -> int:
     failures = 0
     with requests.Session() as session:
         for source in args.inputs:
+            endpoint = "/explain" if args.explain else "/predict"
             try:
-                answer = classify_one(session, args.gateway, source, args.timeout)
+                answer = classify_one(session, args.gateway, source, args.timeout, endpoint)
+                saved = save_overlay(source, answer) if args.explain else None
             except KitchenwareError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 failures += 1
                 continue
             print(format_answer(source, answer, args.top))
+            if saved is not None:
+                print(f"    why: Grad-CAM overlay saved to {saved}")
     return 1 if failures else 0
