@@ -319,3 +319,55 @@ def test_a_version_without_explain_gets_a_clear_501_not_a_500(stack, sample_phot
     assert response.status_code == 501, response.text
     error = response.json()["error"]
     assert error["code"] == "explain_unsupported" and "export it again" in error["message"]
+
+
+# -- the web page ------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_the_page_shows_the_overlay_beside_the_photo_after_why(stack, sample_photos, tmp_path):
+    from support.browser import CHROMIUM, CHROMIUM_ARGS
+
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium not installed at /usr/bin/chromium (make test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    gw = stack["gw"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            outside = []
+            page.route(lambda url: not url.startswith((gw, "blob:", "data:")),
+                       lambda route: (outside.append(route.request.url), route.abort()))  # fmt: skip
+            page.goto(gw + "/")
+            assert page.is_hidden("#why-panel")
+            page.set_input_files("#file", str(sample_photos[2]))
+            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+            label = page.text_content("#label")
+            page.click("#why")
+            page.wait_for_selector("#why-panel:not([hidden])", timeout=60_000)
+            page.wait_for_function("document.getElementById('overlay').complete", timeout=10_000)
+            natural = page.eval_on_selector("#overlay", "e => [e.naturalWidth, e.naturalHeight]")
+            assert natural[0] > 0 and natural[1] > 0
+            assert f"“{label}”" in page.text_content("#why-caption")
+            photo_box = page.locator("#why-photo").bounding_box()
+            box = page.locator("#overlay").bounding_box()
+            assert box["width"] > 50 and box["x"] > photo_box["x"]  # beside the photo
+            shot = tmp_path / "why.png"
+            page.screenshot(path=str(shot), full_page=True)
+            background = np.asarray([0xF6, 0xF7, 0xF9], float)
+            card = np.asarray([255, 255, 255], float)
+            pixels_ = np.asarray(Image.open(shot).convert("RGB"), float)
+            region = pixels_[int(box["y"]) : int(box["y"] + box["height"]),
+                             int(box["x"]) : int(box["x"] + box["width"])]  # fmt: skip
+            off_page = np.minimum(
+                np.abs(region - background).sum(-1), np.abs(region - card).sum(-1)
+            )
+            assert (off_page > 30).mean() > 0.5  # the overlay is drawn, not page background
+            # A new photo hides the previous explanation.
+            page.set_input_files("#file", str(sample_photos[3]))
+            page.wait_for_selector("#why-panel", state="hidden", timeout=60_000)
+            assert outside == []
+        finally:
+            browser.close()
