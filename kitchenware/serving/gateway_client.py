@@ -16,6 +16,7 @@ import binascii
 import re
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 from kitchenware.core.contract import GATEWAY_PORT
 from kitchenware.core.errors import KitchenwareError
@@ -99,7 +100,7 @@ def overlay_path(source: str) -> Path:
     if not is_url(source):
         path = Path(source)
         return path.with_name(path.stem + OVERLAY_SUFFIX)
-    last = source.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    last = unquote(source.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1])
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(last).stem) or "image"
     return Path(stem + OVERLAY_SUFFIX)
 
