@@ -5,7 +5,8 @@
 Exports an untrained Xception (weights none: the timing does not depend on the
 weights) at --size, starts `kitchenware model-server` (batching off: one request
 is one model call) and a gunicorn gateway on 127.0.0.1, then alternates, for
---rounds rounds, --requests sequential one-image calls of each kind:
+--rounds rounds, --requests turns of sequential one-image calls, one of each kind
+per turn:
 
 - model server: gRPC Predict on `serving_default` vs on `explain` (ServingClient);
 - gateway: POST /predict vs POST /explain with one real photo (the latter
@@ -65,18 +66,21 @@ def photo_bytes() -> bytes:
     return encode_jpeg(draw_photo("cup", np.random.default_rng(0), 512, 384))
 
 
-def timed(call, count: int) -> float:
-    """Median seconds of `count` sequential calls (after one untimed call)."""
-    call()
-    times = []
-    for _ in range(count):
-        started = time.perf_counter()
+def interleaved(calls: dict, count: int) -> dict:
+    """Median seconds of each call, the calls taking turns `count` times (after one untimed
+    turn), so that load from other processes hits every call alike."""
+    for call in calls.values():
         call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    times = {name: [] for name in calls}
+    for _ in range(count):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
-def in_process_maps(base: Path, size: int, count: int) -> dict:
+def in_process_maps(size: int, count: int) -> dict:
     """Median ms at batch 1 of serving_default, explain with all six maps, and top-only."""
     import tensorflow as tf
 
@@ -89,12 +93,9 @@ def in_process_maps(base: Path, size: int, count: int) -> dict:
     every = tf.function(lambda x: explain(model, x, maps="all"), input_signature=spec)
     plain = tf.function(lambda x: tf.nn.softmax(model(x, training=False)), input_signature=spec)
     image = tf.constant(np.random.default_rng(0).integers(0, 256, (1, size, size, 3), np.uint8))
-    found = {"predict": [], "top_map": [], "all_maps": []}
-    for _ in range(3):  # interleaved, so load from others hits all three alike
-        for name, fn in (("predict", plain), ("top_map", top), ("all_maps", every)):
-            found[name].append(timed(lambda fn=fn: tf.nest.map_structure(np.asarray, fn(image)),
-                                     count))  # fmt: skip
-    return {name: statistics.median(values) * 1000 for name, values in found.items()}
+    calls = {name: (lambda fn=fn: tf.nest.map_structure(np.asarray, fn(image)))
+             for name, fn in (("predict", plain), ("top_map", top), ("all_maps", every))}  # fmt: skip
+    return {name: seconds * 1000 for name, seconds in interleaved(calls, 3 * count).items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,20 +132,21 @@ def main(argv: list[str] | None = None) -> int:
                 response = http.post(gateway.url + path, data=photo, headers=headers, timeout=60)
                 response.raise_for_status()
 
+            calls = {
+                "server_predict": lambda: client.predict(pixels),
+                "server_explain": lambda: client.explain(pixels),
+                "gateway_predict": lambda: post("/predict"),
+                "gateway_explain": lambda: post("/explain"),
+            }
             for _ in range(args.rounds):
-                row = {
-                    "server_predict": timed(lambda: client.predict(pixels), args.requests),
-                    "server_explain": timed(lambda: client.explain(pixels), args.requests),
-                    "gateway_predict": timed(lambda: post("/predict"), args.requests),
-                    "gateway_explain": timed(lambda: post("/explain"), args.requests),
-                }
+                row = interleaved(calls, args.requests)
                 rounds.append({k: round(v * 1000, 1) for k, v in row.items()})
                 print(json.dumps(rounds[-1]), file=sys.stderr)
     finally:
         for process in (gateway, server):
             if process is not None:
                 process.stop()
-    maps = in_process_maps(base, args.size, args.requests)
+    maps = in_process_maps(args.size, args.requests)
     shutil.rmtree(workdir, ignore_errors=True)
 
     def median(key: str) -> float:

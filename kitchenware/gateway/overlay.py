@@ -19,6 +19,9 @@ from PIL import Image
 
 # Longest side of the overlay: enough to see the regions, small enough for JSON.
 MAX_OVERLAY_SIDE = 384
+# zlib level of the PNG: 1 encodes a 384-px overlay of a photo in ~8 ms (level 6,
+# Pillow's default: ~29 ms) for a file ~25 % larger.
+PNG_COMPRESS_LEVEL = 1
 # Opacity of the colour where the map is 1 (0 where it is 0).
 MAX_ALPHA = 0.6
 # Colour ramp stops (value, RGB): blue -> cyan -> yellow -> red.
@@ -87,5 +90,6 @@ def overlay_png(
 ) -> bytes:
     """`overlay(...)` encoded as PNG."""
     buffer = io.BytesIO()
-    overlay(pixels, heatmap, size, max_side).save(buffer, format="PNG")
+    image = overlay(pixels, heatmap, size, max_side)
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
