@@ -36,11 +36,11 @@ def pixels(n: int, seed: int = 0, size: int = TINY_SIZE) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def keras_model():
-    """A small untrained Xception chain with a two-layer head (pool -> inner -> logits)."""
-    from kitchenware.training.model import build_model
+def keras_model(tiny_run):
+    """The session's tiny trained MobileNetV2 (conftest.tiny_run), augmentation dropped."""
+    from kitchenware.training.model import inference_model
 
-    return build_model(size=TINY_SIZE, weights="none", inner=8, augment=False, seed=3)
+    return inference_model(tiny_run.model)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_explain_is_serving_default_plus_maps_that_match_a_reference(keras_model
     heatmaps, heatmap = served["heatmaps"], served["heatmap"]
     grid = heatmap.shape[1:]
     assert heatmaps.shape == (4, len(CLASSES), *grid) and heatmaps.dtype == np.float32
-    assert grid == (3, 3)  # Xception's last feature grid at 71 px
+    assert grid == (3, 3)  # MobileNetV2's last feature grid at 71 px
     assert heatmaps.min() >= 0 and heatmaps.max() <= 1
     peaks = heatmaps.max(axis=(2, 3))
     assert np.all((np.abs(peaks - 1) < 1e-6) | (peaks == 0))  # normalised, or nothing spoke
