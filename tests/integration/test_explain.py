@@ -37,10 +37,9 @@ def pixels(n: int, seed: int = 0, size: int = TINY_SIZE) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def keras_model(tiny_run):
-    """The session's tiny trained MobileNetV2 (conftest.tiny_run), augmentation dropped."""
-    from kitchenware.training.model import inference_model
-
-    return inference_model(tiny_run.model)
+    """The session's tiny trained MobileNetV2 (conftest.tiny_run; its augmentation is
+    inactive at inference, and the export drops it)."""
+    return tiny_run.model
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +67,7 @@ def reference_maps(model, images: np.ndarray) -> np.ndarray:
     from kitchenware.training.model import POOL_LAYER
 
     pool = model.get_layer(POOL_LAYER)
-    features = keras.Model(model.input, pool.input)(images).numpy()
+    features = keras.Model(model.input, pool.input)(images, training=False).numpy()
     after = model.layers[model.layers.index(pool) + 1 :]
     cells = features.shape[1] * features.shape[2]
     maps = np.zeros((len(images), len(CLASSES), *features.shape[1:3]), np.float32)
@@ -297,30 +296,6 @@ def test_test_py_explain_saves_the_overlay_next_to_the_photo(stack, sample_photo
     assert Image.open(saved).format == "PNG"
 
 
-def test_a_version_without_explain_gets_a_clear_501_not_a_500(stack, sample_photos):
-    """Roll the model back to an export made before `explain`: /predict still works,
-    /explain says why it cannot, and the client raises ExplainUnsupported."""
-    old_export(stack["base"], version=2)
-    server = stack["server"]
-    server.wait_stats(lambda s: s.get("serving_versions") == [2], timeout=120)
-    with ServingClient(server.target, timeout=TIMEOUT) as client:
-        wait_for(lambda: client.metadata(refresh=True).version == 2, 60, "version 2 served")
-        with pytest.raises(ExplainUnsupported, match="no 'explain' signature"):
-            client.explain(pixels(1))
-    data = sample_photos[0].read_bytes()
-    headers = {"Content-Type": "image/jpeg"}
-
-    def answered_by_v2() -> bool:
-        response = requests.post(stack["gw"] + "/predict", data=data, headers=headers, timeout=60)
-        return response.status_code == 200 and response.json()["model"]["version"] == 2
-
-    wait_for(answered_by_v2, 60, "the gateway to use version 2")
-    response = explain(stack["gw"], data=data, headers=headers)
-    assert response.status_code == 501, response.text
-    error = response.json()["error"]
-    assert error["code"] == "explain_unsupported" and "export it again" in error["message"]
-
-
 # -- the web page ------------------------------------------------------------------------
 
 
@@ -371,3 +346,30 @@ def test_the_page_shows_the_overlay_beside_the_photo_after_why(stack, sample_pho
             assert outside == []
         finally:
             browser.close()
+
+
+# -- last: rolls the served model back to a version without explain ---------------------
+
+
+def test_a_version_without_explain_gets_a_clear_501_not_a_500(stack, sample_photos):
+    """Roll the model back to an export made before `explain`: /predict still works,
+    /explain says why it cannot, and the client raises ExplainUnsupported."""
+    old_export(stack["base"], version=2)
+    server = stack["server"]
+    server.wait_stats(lambda s: s.get("serving_versions") == [2], timeout=120)
+    with ServingClient(server.target, timeout=TIMEOUT) as client:
+        wait_for(lambda: client.metadata(refresh=True).version == 2, 60, "version 2 served")
+        with pytest.raises(ExplainUnsupported, match="no 'explain' signature"):
+            client.explain(pixels(1))
+    data = sample_photos[0].read_bytes()
+    headers = {"Content-Type": "image/jpeg"}
+
+    def answered_by_v2() -> bool:
+        response = requests.post(stack["gw"] + "/predict", data=data, headers=headers, timeout=60)
+        return response.status_code == 200 and response.json()["model"]["version"] == 2
+
+    wait_for(answered_by_v2, 60, "the gateway to use version 2")
+    response = explain(stack["gw"], data=data, headers=headers)
+    assert response.status_code == 501, response.text
+    error = response.json()["error"]
+    assert error["code"] == "explain_unsupported" and "export it again" in error["message"]
