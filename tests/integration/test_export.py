@@ -143,9 +143,13 @@ def test_inspect_shows_versions_and_signature(tiny_export, capsys):
         "probabilities: DT_FLOAT shape (-1, 6)" in text
         and "classes: DT_STRING shape (-1, 6)" in text
     )
+    assert "signature_def['explain']" in text
+    assert "heatmap: DT_FLOAT shape (-1, 3, 3)" in text  # MobileNetV2's grid at 71 px
+    assert "heatmaps: DT_FLOAT shape (-1, 6, 3, 3)" in text
     assert main(["inspect", str(tiny_export), "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert [v["version"] for v in found] == ["1"] and found[0]["warmup"] is True
+    assert sorted(found[0]["signatures"]) == ["explain", "serving_default"]
 
 
 def test_inspect_rejects_a_folder_without_models(tmp_path, capsys):
