@@ -84,6 +84,7 @@ SWEEP ?= 1,2,4,8,16
 
 load: venv ## N clients x T s: throughput, p50/p95/p99, errors, RSS before/after (LOAD_ARGS)
 	$(BIN)/python -m devtools.load $(LOAD_ARGS)
+	$(BIN)/python -m devtools.bench_explain
 
 load-sweep: venv ## latency percentiles vs concurrency -> docu/images/latency_vs_concurrency.png
 	$(BIN)/python -m devtools.load --concurrency-sweep $(SWEEP)

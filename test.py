@@ -1,4 +1,4 @@
-"""`python test.py [URL_OR_PATH ...] [--gateway URL]`: the original project's client; same as `kitchenware classify`."""
+"""`python test.py [URL_OR_PATH ...] [--gateway URL] [--explain]`: the original project's client; same as `kitchenware classify`."""
 
 import sys
 

@@ -4,9 +4,10 @@ Models are exported by the TensorFlow in our pins and served by
 `tensorflow/serving:<TF_SERVING_VERSION>` (image-model.dockerfile's ARG, the one
 place that version is written). TensorFlow does not promise that an older
 runtime reads a newer SavedModel, so this check installs that version into a
-throw-away virtual environment (cached), loads the version folder there, runs
-`serving_default` on the export's own warm-up request and compares the
-probabilities with what the exporting TensorFlow computes.
+throw-away virtual environment (cached), loads the version folder there, replays
+every warm-up record of the export (one per signature: `serving_default` and
+`explain`) through the signature it names, and compares every float output
+(probabilities, Grad-CAM maps) with what the exporting TensorFlow computes.
 
     python -m devtools.skew models/kitchenware [--version N]
 """
@@ -21,7 +22,7 @@ import sys
 import venv
 from pathlib import Path
 
-from kitchenware.core.contract import OUTPUT_PROBABILITIES, SIGNATURE, WARMUP_FILE, versions
+from kitchenware.core.contract import SIGNATURE, WARMUP_FILE, versions
 from kitchenware.core.errors import KitchenwareError
 from kitchenware.training.weights import default_cache_dir
 
@@ -29,18 +30,22 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL_DOCKERFILE = REPO / "image-model.dockerfile"
 TOLERANCE = 1e-4
 
-# Runs inside the old TensorFlow: the warm-up request through the signature.
+# Runs inside the old TensorFlow: each warm-up request through the signature it names
+# (TF Serving's rule: an empty name means serving_default); float outputs come back.
 _REPLAY = r"""
 import json, sys
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
-folder, warmup, signature, output = sys.argv[1:5]
-serve = tf.saved_model.load(folder).signatures[signature]
-record = next(iter(tf.data.TFRecordDataset(warmup))).numpy()
-request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
-inputs = {name: tf.constant(tf.make_ndarray(t)) for name, t in request.inputs.items()}
-print(json.dumps({"tensorflow": tf.__version__, "model_spec": request.model_spec.name,
-                  "probabilities": serve(**inputs)[output].numpy().tolist()}))
+folder, warmup, default = sys.argv[1:4]
+signatures = tf.saved_model.load(folder).signatures
+answers = {}
+for record in tf.data.TFRecordDataset(warmup):
+    request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+    name = request.model_spec.signature_name or default
+    inputs = {k: tf.constant(tf.make_ndarray(t)) for k, t in request.inputs.items()}
+    outputs = signatures[name](**inputs)
+    answers[name] = {k: v.numpy().tolist() for k, v in outputs.items() if v.dtype.is_floating}
+print(json.dumps({"tensorflow": tf.__version__, "answers": answers}))
 """
 
 
@@ -78,8 +83,7 @@ def runtime(version: str, cache: Path | None = None) -> Path:
 def replay(python: Path, folder: Path) -> dict:
     """Run the warm-up request of version folder `folder` under `python`."""
     done = subprocess.run(
-        [str(python), "-c", _REPLAY, str(folder), str(folder / WARMUP_FILE), SIGNATURE,
-         OUTPUT_PROBABILITIES],
+        [str(python), "-c", _REPLAY, str(folder), str(folder / WARMUP_FILE), SIGNATURE],
         capture_output=True, text=True, timeout=600,
         env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "2"},
     )  # fmt: skip
@@ -89,7 +93,11 @@ def replay(python: Path, folder: Path) -> dict:
 
 
 def check(base: Path, version: int | None = None, tf_version: str | None = None) -> dict:
-    """Both TensorFlows on the export's warm-up request; raises SkewError when they differ."""
+    """Both TensorFlows on the export's warm-up requests; raises SkewError when they differ.
+
+    The result's `signatures` lists what was replayed; `max_difference` is over
+    every float output of every signature.
+    """
     import numpy as np
 
     available = versions(base)
@@ -101,10 +109,25 @@ def check(base: Path, version: int | None = None, tf_version: str | None = None)
     tf_version = tf_version or serving_version()
     old = replay(runtime(tf_version), folder)
     new = replay(Path(sys.executable), folder)
-    difference = float(
-        np.max(np.abs(np.asarray(old["probabilities"]) - np.asarray(new["probabilities"])))
-    )
+    if sorted(old["answers"]) != sorted(new["answers"]):
+        raise SkewError(
+            f"TensorFlow {old['tensorflow']} replayed {sorted(old['answers'])}, "
+            f"the exporting one {sorted(new['answers'])}"
+        )
+    differences = {}
+    for signature, outputs in new["answers"].items():
+        for name, values in outputs.items():
+            theirs = np.asarray(old["answers"][signature].get(name, np.nan))
+            mine = np.asarray(values)
+            if theirs.shape != mine.shape:
+                raise SkewError(
+                    f"{signature}/{name}: shape {list(theirs.shape)} under TensorFlow "
+                    f"{old['tensorflow']}, {list(mine.shape)} under {new['tensorflow']}"
+                )
+            differences[f"{signature}/{name}"] = float(np.max(np.abs(theirs - mine)))
+    difference = max(differences.values(), default=0.0)
     result = {"folder": str(folder), "serving": old["tensorflow"], "export": new["tensorflow"],
+              "signatures": sorted(new["answers"]), "differences": differences,
               "max_difference": difference}  # fmt: skip
     if difference > TOLERANCE:
         raise SkewError(f"TensorFlow {old['tensorflow']} answers differently: {result}")
@@ -126,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(
         f"{result['folder']}: exported by TensorFlow {result['export']}, loads and answers the "
-        f"same under {result['serving']} (max difference {result['max_difference']:.2e})"
+        f"same under {result['serving']} (signatures {', '.join(result['signatures'])}; "
+        f"max difference {result['max_difference']:.2e})"
     )
     return 0
 

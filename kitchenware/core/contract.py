@@ -8,6 +8,11 @@ deployment files all meet here, so a rename or a new limit is one edit:
       input   image          uint8   [-1, S, S, 3]  pixels already resized to S
       output  probabilities  float32 [-1, 6]        softmax over the classes
       output  classes        string  [-1, 6]        class names, in output order
+    signature `explain` (Grad-CAM, kitchenware.training.gradcam)
+      input   image          uint8   [-1, S, S, 3]  as serving_default
+      output  probabilities, classes                as serving_default
+      output  heatmap        float32 [-1, H, W]     top class's map, [0, 1]
+      output  heatmaps       float32 [-1, 6, H, W]  every class's map, in `classes` order
 
 Pure Python: the gateway imports it without TensorFlow.
 """
@@ -22,6 +27,9 @@ SIGNATURE = "serving_default"
 INPUT = "image"
 OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_CLASSES = "classes"
+EXPLAIN_SIGNATURE = "explain"
+OUTPUT_HEATMAP = "heatmap"
+OUTPUT_HEATMAPS = "heatmaps"
 
 # Xception's native input size, the default everywhere a size is chosen.
 DEFAULT_IMAGE_SIZE = 299

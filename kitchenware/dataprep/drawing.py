@@ -295,12 +295,26 @@ def _lighting(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
 MAX_SCENE_SIDE = 640
 
 
+# With off_centre, the object's square layer is this share of the shorter side and
+# sits wholly inside one quadrant of the photo, so its centre is never the photo's.
+OFF_CENTRE_SIDE = (0.32, 0.48)
+
+
 def draw_photo(label: str, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     """One synthetic 'photo' of `label` as an (height, width, 3) uint8 array."""
+    return draw_photo_boxed(label, rng, width, height)[0]
+
+
+def draw_photo_boxed(
+    label: str, rng: np.random.Generator, width: int, height: int, off_centre: bool = False
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """draw_photo, and the object's bounding box (x0, y0, x1, y1) as fractions of the
+    photo's width and height (the box of its opaque pixels, after rotation)."""
     if label not in DRAWERS:
         raise KitchenwareError(f"no drawing for label {label!r}")
     scale = min(1.0, MAX_SCENE_SIDE / max(width, height))
-    scene = _draw_scene(label, rng, max(1, round(width * scale)), max(1, round(height * scale)))
+    w, h = max(1, round(width * scale)), max(1, round(height * scale))
+    scene, box = _draw_scene(label, rng, w, h, off_centre)
     if scene.size != (width, height):
         scene = scene.resize((width, height), Image.Resampling.BILINEAR)
     pixels = np.asarray(scene, dtype=np.float32)
@@ -309,19 +323,32 @@ def draw_photo(label: str, rng: np.random.Generator, width: int, height: int) ->
     img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
     if rng.random() < 0.3:  # camera slightly out of focus
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.1)))
-    return np.asarray(img)
+    return np.asarray(img), box
 
 
-def _draw_scene(label: str, rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """Background, shadow and the object, before lighting and sensor noise."""
-    side = int(min(width, height) * rng.uniform(0.7, 1.0))
+def _draw_scene(
+    label: str, rng: np.random.Generator, width: int, height: int, off_centre: bool = False
+) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    """Background, shadow and the object, before lighting and sensor noise; and the box."""
+    share = rng.uniform(*OFF_CENTRE_SIDE) if off_centre else rng.uniform(0.7, 1.0)
+    side = int(min(width, height) * share)
     layer = Image.new("RGBA", (side, side), (0, 0, 0, 0))
     DRAWERS[label](ImageDraw.Draw(layer), side, rng)
     if rng.random() < 0.5:
         layer = layer.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     angle = rng.uniform(-18, 18) if label in UPRIGHT else rng.uniform(0, 360)
     layer = layer.rotate(angle, resample=Image.Resampling.BICUBIC)
-    x, y = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+    if off_centre:
+        right, lower = (bool(b) for b in rng.integers(0, 2, size=2))
+        x = int(rng.integers(0, max(1, width // 2 - side + 1))) + (width // 2 if right else 0)
+        y = int(rng.integers(0, max(1, height // 2 - side + 1))) + (height // 2 if lower else 0)
+        x, y = min(x, width - side), min(y, height - side)
+    else:
+        x, y = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+    x0, y0, x1, y1 = layer.getchannel("A").point(lambda a: 255 if a > 64 else 0).getbbox() or (
+        0, 0, side, side
+    )  # fmt: skip
+    box = ((x + x0) / width, (y + y0) / height, (x + x1) / width, (y + y1) / height)
 
     canvas = Image.fromarray(
         np.clip(_background(rng, width, height), 0, 255).astype(np.uint8), "RGB"
@@ -333,7 +360,7 @@ def _draw_scene(label: str, rng: np.random.Generator, width: int, height: int) -
     dx, dy = (int(v) for v in rng.integers(2, max(3, side // 25), size=2))
     canvas.alpha_composite(shadow, dest=(min(x + dx, width - side), min(y + dy, height - side)))
     canvas.alpha_composite(layer, dest=(x, y))
-    return canvas.convert("RGB")
+    return canvas.convert("RGB"), box
 
 
 def encode_photo(pixels: np.ndarray, quality: int, exif_rotate: bool = False) -> bytes:

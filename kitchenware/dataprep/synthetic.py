@@ -15,6 +15,11 @@ check that `kitchenware prep` finds them. Output: `images/<Id>.jpg`,
 `train.csv` (Id,label), `test.csv` (Id), `sample_submission.csv` (Id,label),
 `test_labels.csv` (the answers for the test Ids, as kitchenware-mini has) and
 `planted_duplicates.csv`. Same seed -> byte-identical files.
+
+`--off-centre` draws each object smaller and wholly inside one quadrant of the
+photo, and writes `boxes.csv` (Id,label,x_min,y_min,x_max,y_max: the object's
+bounding box as fractions of the displayed photo's width and height) for every
+image, train and test: the data the Grad-CAM pointing-game test needs.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from PIL import Image
 from kitchenware.core.config import add_fields, from_args, option
 from kitchenware.core.errors import KitchenwareError
 from kitchenware.core.labels import CLASSES
-from kitchenware.dataprep.drawing import draw_photo, encode_photo
+from kitchenware.dataprep.drawing import draw_photo_boxed, encode_photo
 from kitchenware.dataprep.workers import process_pool
 
 # What the command writes; `--force` removes exactly these, nothing else.
@@ -41,6 +46,7 @@ OUTPUT_FILES = (
     "sample_submission.csv",
     "test_labels.csv",
     "planted_duplicates.csv",
+    "boxes.csv",
 )
 # Images are landscape 4:3 like most Kaggle photos; --size is the long side.
 ASPECT = 3 / 4
@@ -56,6 +62,9 @@ class SampleDataConfig:
     seed: int = option(42, help="random seed (same seed, same bytes)")
     workers: int = option(1, help="processes drawing images")
     force: bool = option(False, help="replace an earlier sample-data output")
+    off_centre: bool = option(
+        False, help="smaller objects, each inside one quadrant; writes boxes.csv (bounding boxes)"
+    )
 
 
 def add_arguments(parser) -> None:
@@ -92,12 +101,12 @@ class Planted:
     how: str
 
 
-def _render(args: tuple[int, int, str, int, int]) -> bytes:
-    seed, index, label, width, height = args
+def _render(args: tuple[int, int, str, int, int, bool]) -> tuple[bytes, tuple]:
+    seed, index, label, width, height, off_centre = args
     rng = np.random.default_rng([seed, index])
-    pixels = draw_photo(label, rng, width, height)
+    pixels, box = draw_photo_boxed(label, rng, width, height, off_centre)
     quality = int(rng.integers(82, 96))
-    return encode_photo(pixels, quality, exif_rotate=rng.random() < 0.05)
+    return encode_photo(pixels, quality, exif_rotate=rng.random() < 0.05), box
 
 
 def near_copy(data: bytes, rng: np.random.Generator) -> tuple[bytes, str]:
@@ -166,6 +175,7 @@ def generate(
     seed: int = SampleDataConfig.seed,
     workers: int = SampleDataConfig.workers,
     force: bool = SampleDataConfig.force,
+    off_centre: bool = SampleDataConfig.off_centre,
 ) -> dict:
     """Write the data set; returns counts {'train', 'test', 'planted'}."""
     if per_class < 1 or test_per_class < 0:
@@ -188,13 +198,19 @@ def generate(
     # Files are written as they come; only the originals of planted copies stay in memory.
     originals = {original for _, original, _ in slots}
     kept: dict[int, bytes] = {}
-    jobs = [(seed, it.index, it.label, width, height) for it in items if it.index not in copies]
+    jobs = [
+        (seed, it.index, it.label, width, height, off_centre)
+        for it in items
+        if it.index not in copies
+    ]
+    boxes: dict[int, tuple] = {}
     pool = process_pool(workers) if workers > 1 else None
     try:
         chunk = max(1, min(32, len(jobs) // (workers * 8)))
         rendered = pool.map(_render, jobs, chunksize=chunk) if pool else map(_render, jobs)
-        for job, blob in zip(jobs, rendered, strict=True):
+        for job, (blob, box) in zip(jobs, rendered, strict=True):
             (images / f"{ids[job[1]]}.jpg").write_bytes(blob)
+            boxes[job[1]] = box
             if job[1] in originals:
                 kept[job[1]] = blob
     finally:
@@ -208,6 +224,7 @@ def generate(
         else:
             blob, how = near_copy(kept[original], np.random.default_rng([seed, copy, 1]))
         (images / f"{ids[copy]}.jpg").write_bytes(blob)
+        boxes[copy] = boxes[original]  # a resize keeps the box's fractions
         planted.append(Planted(copy, original, kind, how))
 
     train = sorted((ids[it.index], it.label) for it in items if it.split == "train")
@@ -222,6 +239,14 @@ def generate(
         ["Id", "original", "kind", "split", "how"],
         [(ids[p.copy], ids[p.original], p.kind, split_of[p.copy], p.how) for p in planted],
     )
+    if off_centre:
+        _write_csv(
+            out / "boxes.csv",
+            ["Id", "label", "x_min", "y_min", "x_max", "y_max"],
+            sorted(
+                (ids[it.index], it.label, *(f"{v:.4f}" for v in boxes[it.index])) for it in items
+            ),
+        )
     return {"train": len(train), "test": len(test), "planted": len(planted)}
 
 

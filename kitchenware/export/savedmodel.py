@@ -3,7 +3,10 @@
 The SavedModel carries its own contract (kitchenware.core.contract), so no
 client hard-codes tensor names or class lists. It is written to
 `BASE/<version>/` (TF Serving's layout) through a staging folder renamed into
-place, with a warm-up request in TF Serving's format.
+place, with warm-up requests in TF Serving's format (one per signature).
+
+Two signatures: `serving_default` (probabilities) and `explain` (the same plus
+Grad-CAM maps, kitchenware.training.gradcam). Both take the same uint8 image.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ import os
 from pathlib import Path
 
 from kitchenware.core.contract import (
+    EXPLAIN_SIGNATURE,
     INPUT,
     MODEL_NAME,
     OUTPUT_CLASSES,
+    OUTPUT_HEATMAP,
+    OUTPUT_HEATMAPS,
     OUTPUT_PROBABILITIES,
     SIGNATURE,
     WARMUP_FILE,
@@ -43,24 +49,63 @@ def serving_function(model, classes=CLASSES, tta: str = "none"):
     return serve
 
 
-def write_warmup(saved_model_dir: Path, size: int, model_name: str = MODEL_NAME) -> Path:
-    """One PredictionLog record (a grey image) in assets.extra/, as TF Serving expects."""
+def explain_function(model, classes=CLASSES, tta: str = "none"):
+    """The tf.function behind `explain`: serving_default's outputs plus Grad-CAM maps.
+
+    `heatmap` is the top class's map, `heatmaps` every class's in `classes` order.
+    With `tta="flip"` the probabilities equal serving_default's and the maps are
+    averaged over image and mirror (see kitchenware.training.gradcam.explain).
+    """
+    import tensorflow as tf
+
+    from kitchenware.training.gradcam import explain
+
+    size = int(model.input_shape[1])
+    names = tf.constant(list(classes))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name=INPUT)])
+    def explain_signature(image):
+        batch = tf.shape(image)[0]
+        labels = tf.broadcast_to(names[tf.newaxis, :], [batch, len(classes)])
+        found = explain(model, image, tta)
+        return {
+            OUTPUT_PROBABILITIES: found["probabilities"],
+            OUTPUT_CLASSES: labels,
+            OUTPUT_HEATMAP: found["heatmap"],
+            OUTPUT_HEATMAPS: found["heatmaps"],
+        }
+
+    return explain_signature
+
+
+WARMUP_SIGNATURES = (SIGNATURE, EXPLAIN_SIGNATURE)
+
+
+def write_warmup(
+    saved_model_dir: Path,
+    size: int,
+    model_name: str = MODEL_NAME,
+    signatures=WARMUP_SIGNATURES,
+) -> Path:
+    """One PredictionLog record (a grey image) per signature in assets.extra/, as TF Serving
+    expects, so the first request to either signature finds it traced and warm."""
     import numpy as np
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model_name
-    request.model_spec.signature_name = SIGNATURE
-    pixels = np.full((1, size, size, 3), 128, dtype=np.uint8)
-    request.inputs[INPUT].CopyFrom(tf.make_tensor_proto(pixels))
-    log = prediction_log_pb2.PredictionLog(
-        predict_log=prediction_log_pb2.PredictLog(request=request)
-    )
     path = saved_model_dir / WARMUP_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.full((1, size, size, 3), 128, dtype=np.uint8)
     with tf.io.TFRecordWriter(str(path)) as writer:
-        writer.write(log.SerializeToString())
+        for signature in signatures:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = signature
+            request.inputs[INPUT].CopyFrom(tf.make_tensor_proto(pixels))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+            writer.write(log.SerializeToString())
     return path
 
 
@@ -85,7 +130,9 @@ def export_saved_model(
     module = tf.Module()
     module.model = model
     module.serve = serving_function(model, tta=tta)
+    module.explain = explain_function(model, tta=tta)
+    signatures = {SIGNATURE: module.serve, EXPLAIN_SIGNATURE: module.explain}
     with staged_dir(target) as staging:
-        tf.saved_model.save(module, str(staging), signatures={SIGNATURE: module.serve})
+        tf.saved_model.save(module, str(staging), signatures=signatures)
         write_warmup(staging, int(model.input_shape[1]), model_name)
     return target

@@ -1,4 +1,4 @@
-"""The Flask application: POST /predict, health checks, metrics and the web page.
+"""The Flask application: POST /predict and /explain, health checks, metrics and the web page.
 
 `create_app()` builds one app from `Settings`; gunicorn imports it from the
 top-level `gateway.py`. The gRPC client is created lazily, once per process,
@@ -7,6 +7,7 @@ after gunicorn has forked its workers (a gRPC channel must not cross a fork).
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import threading
@@ -26,6 +27,7 @@ from kitchenware.gateway.config import Settings
 from kitchenware.gateway.fetch import UrlFetcher
 from kitchenware.gateway.inputs import ImageInput, parse_predict_request
 from kitchenware.gateway.metrics import GatewayMetrics
+from kitchenware.gateway.overlay import overlay_png, photo_size
 
 log = logging.getLogger("kitchenware.gateway")
 
@@ -95,6 +97,7 @@ class Gateway:
 
     def call_model(self, what, *args, **kwargs):
         from kitchenware.serving.grpc_client import (
+            ExplainUnsupported,
             ModelServerError,
             ModelServerTimeout,
             ModelServerUnavailable,
@@ -102,6 +105,8 @@ class Gateway:
 
         try:
             return what(*args, **kwargs)
+        except ExplainUnsupported as exc:
+            raise errors.ExplainUnsupported(str(exc)) from None
         except ModelServerUnavailable as exc:
             raise errors.ModelUnavailable(f"model server unavailable: {exc}") from None
         except ModelServerTimeout as exc:
@@ -141,6 +146,50 @@ class Gateway:
             return self.call_model(self.clients.get().predict, pixels)
         finally:
             self.metrics.model_seconds.observe(time.perf_counter() - started)
+
+    # -- /explain ----------------------------------------------------------------
+
+    def explain(self, item: ImageInput) -> dict:
+        """The prediction for one image plus its Grad-CAM map: raw grid and PNG overlay."""
+        raw = self.download([item])
+        self.check_headers([item], raw)
+        size = self.image_size()
+        pixels = self.decode([item], raw, size)
+        try:
+            explanation = self.timed_explain(pixels)
+        except errors.ModelServerFailed:
+            new_size = self.image_size(refresh=True)  # as /predict: a new version, a new size
+            if new_size != size:
+                pixels = self.decode([item], raw, new_size)
+            explanation = self.timed_explain(pixels)
+        prediction = explanation.prediction
+        answer = self.answer(prediction.probabilities[0], prediction)
+        heatmap = explanation.heatmap[0]
+        started = time.perf_counter()
+        try:
+            png = overlay_png(pixels[0], heatmap, photo_size(raw[0]))
+        except ValueError as exc:  # a map with NaNs or no cells: the model's fault
+            raise errors.ModelServerFailed(
+                f"model server sent an unusable heatmap: {exc}"
+            ) from None
+        finally:
+            self.metrics.overlay_seconds.observe(time.perf_counter() - started)
+        self.metrics.images_explained.inc()
+        answer["explanation"] = {
+            "method": "grad-cam",
+            "label": answer["label"],
+            "grid_size": list(heatmap.shape),
+            "heatmap": np.round(heatmap.astype(float), 4).tolist(),
+            "overlay_png": base64.b64encode(png).decode("ascii"),
+        }
+        return answer
+
+    def timed_explain(self, pixels: np.ndarray):
+        started = time.perf_counter()
+        try:
+            return self.call_model(self.clients.get().explain, pixels)
+        finally:
+            self.metrics.explain_model_seconds.observe(time.perf_counter() - started)
 
     def download(self, items: list[ImageInput]) -> list[bytes]:
         """Each item's bytes, URLs fetched (in parallel for a batch)."""
@@ -357,6 +406,16 @@ def create_app(settings: Settings | None = None, model_client=None) -> Flask:
         if parsed.batch:
             return jsonify({"predictions": answers})
         return jsonify(answers[0])
+
+    @app.post("/explain")
+    def explain():
+        parsed = parse_predict_request(request, settings.max_batch, settings.max_image_bytes)
+        if len(parsed.items) != 1:
+            raise errors.BadRequest(
+                f"/explain takes one image per request, got {len(parsed.items)}; "
+                "send several requests (or use /predict for a batch)"
+            )
+        return jsonify(gateway.explain(parsed.items[0]))
 
     @app.get("/healthz")
     def healthz():

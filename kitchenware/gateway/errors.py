@@ -63,6 +63,12 @@ class ModelServerFailed(GatewayError):
     status, code = 502, "model_server_error"
 
 
+class ExplainUnsupported(GatewayError):
+    """The served model has no `explain` signature: the gateway cannot explain with it."""
+
+    status, code = 501, "explain_unsupported"
+
+
 class ModelUnavailable(GatewayError):
     status, code = 503, "model_unavailable"
 

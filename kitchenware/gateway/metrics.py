@@ -52,6 +52,23 @@ class GatewayMetrics:
             "Images sent to the model server",
             registry=self.registry,
         )
+        self.explain_model_seconds = Histogram(
+            "gateway_model_explain_call_duration_seconds",
+            "Time of the model server Predict call on the explain signature (gRPC round trip)",
+            buckets=MODEL_BUCKETS,
+            registry=self.registry,
+        )
+        self.overlay_seconds = Histogram(
+            "gateway_explain_overlay_duration_seconds",
+            "Time to draw and encode the /explain overlay PNG",
+            buckets=MODEL_BUCKETS,
+            registry=self.registry,
+        )
+        self.images_explained = Counter(
+            "gateway_images_explained",
+            "Images explained (Grad-CAM map and overlay answered)",
+            registry=self.registry,
+        )
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()

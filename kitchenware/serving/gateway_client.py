@@ -3,13 +3,21 @@
 `python test.py photo.jpg https://example.com/cup.jpg --gateway http://localhost:9696`
 prints the label, its probability and the top classes for each input. The exit
 status is 1 when any input failed, with the gateway's own error message.
+
+With `--explain` each input goes to the gateway's /explain instead, and the
+Grad-CAM overlay it answers is saved as a PNG next to the photo
+(`photo.jpg` -> `photo.explain.png`; for a URL, in the current folder).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 from kitchenware.core.config import add_fields, from_args, option
 from kitchenware.core.contract import GATEWAY_PORT
@@ -25,6 +33,10 @@ class ClassifyConfig:
     gateway: str = option(DEFAULT_GATEWAY, help="gateway base URL")
     top: int = option(3, ge=1, help="how many classes to list")
     timeout: float = option(60.0, gt=0, help="seconds to wait per request")
+    explain: bool = option(
+        False,
+        help="ask /explain and save the Grad-CAM overlay next to each photo (NAME.explain.png)",
+    )
 
 
 def add_arguments(parser) -> None:
@@ -34,15 +46,20 @@ def add_arguments(parser) -> None:
     add_fields(parser, ClassifyConfig)
 
 
+OVERLAY_SUFFIX = ".explain.png"
+
+
 def is_url(text: str) -> bool:
     return text.lower().startswith(("http://", "https://"))
 
 
-def classify_one(session, gateway: str, source: str, timeout: float) -> dict:
+def classify_one(
+    session, gateway: str, source: str, timeout: float, endpoint: str = "/predict"
+) -> dict:
     """The gateway's answer for one file or URL; raises KitchenwareError with its message."""
     import requests
 
-    endpoint = gateway.rstrip("/") + "/predict"
+    endpoint = gateway.rstrip("/") + endpoint
     try:
         if is_url(source):
             response = session.post(endpoint, json={"url": source}, timeout=timeout)
@@ -85,6 +102,31 @@ def format_answer(source: str, answer: dict, top: int) -> str:
     return "\n".join(lines)
 
 
+def overlay_path(source: str) -> Path:
+    """Where `--explain` saves the overlay of `source`: beside a file, in the current folder
+    for a URL (named after the URL's last path part)."""
+    if not is_url(source):
+        path = Path(source)
+        return path.with_name(path.stem + OVERLAY_SUFFIX)
+    last = unquote(source.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1])
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(last).stem) or "image"
+    return Path(stem + OVERLAY_SUFFIX)
+
+
+def save_overlay(source: str, answer: dict) -> Path:
+    """Write the overlay PNG of an /explain answer; raises KitchenwareError if there is none."""
+    try:
+        png = base64.b64decode(answer["explanation"]["overlay_png"], validate=True)
+    except (KeyError, TypeError, binascii.Error, ValueError):
+        raise KitchenwareError(f"{source}: the gateway's answer holds no overlay PNG") from None
+    path = overlay_path(source)
+    try:
+        path.write_bytes(png)
+    except OSError as exc:
+        raise KitchenwareError(f"{source}: cannot write the overlay to {path}: {exc}") from None
+    return path
+
+
 def run(args) -> int:
     import requests
 
@@ -97,11 +139,15 @@ def run(args) -> int:
     failures = 0
     with requests.Session() as session:
         for source in args.inputs:
+            endpoint = "/explain" if c.explain else "/predict"
             try:
-                answer = classify_one(session, c.gateway, source, c.timeout)
+                answer = classify_one(session, c.gateway, source, c.timeout, endpoint)
+                saved = save_overlay(source, answer) if c.explain else None
             except KitchenwareError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 failures += 1
                 continue
             print(format_answer(source, answer, c.top))
+            if saved is not None:
+                print(f"    why: Grad-CAM overlay saved to {saved}")
     return 1 if failures else 0

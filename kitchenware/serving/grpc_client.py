@@ -31,10 +31,12 @@ from tensorflow_serving.apis import (
 )
 
 from kitchenware.core.contract import (
+    EXPLAIN_SIGNATURE,
     GRPC_PORT,
     MAX_MESSAGE_BYTES,
     MODEL_NAME,
     OUTPUT_CLASSES,
+    OUTPUT_HEATMAP,
     OUTPUT_PROBABILITIES,
     SIGNATURE,
 )
@@ -69,6 +71,10 @@ class ModelContractError(ModelServerError):
     """The served signature is not one this client can drive (e.g. no 4-D image input)."""
 
 
+class ExplainUnsupported(ModelServerError):
+    """The served model version has no `explain` signature (exported before it existed)."""
+
+
 def _error_from_rpc(
     exc: grpc.RpcError, what: str, disconnected: bool = False, latest: bool = True
 ) -> ModelServerError:
@@ -100,6 +106,7 @@ class ModelMetadata:
     output_names: tuple[str, ...]
     probabilities_output: str
     classes_output: str | None  # None when the model carries no class names
+    signatures: tuple[str, ...] = ()  # every signature the version serves
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,14 @@ class Prediction:
     probabilities: np.ndarray  # float32 [N, C]
     classes: list[str]  # C names, in the order of the probabilities' columns
     version: int
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The `explain` signature's answer: the prediction and the top class's Grad-CAM map."""
+
+    prediction: Prediction
+    heatmap: np.ndarray  # float32 [N, H, W] in [0, 1], over the backbone's last feature grid
 
 
 # gRPC retry throttling (gRFC A6, "Throttling Retry Attempts"): a token bucket per
@@ -235,6 +250,7 @@ def parse_metadata(
         output_names=tuple(sorted(outputs)),
         probabilities_output=probabilities,
         classes_output=classes,
+        signatures=tuple(sorted(k for k in signatures.signature_def if not k.startswith("__"))),
     )
 
 
@@ -315,6 +331,50 @@ class ServingClient:
         `version` asks for a specific model version instead of the latest.
         """
         meta = self.metadata()
+        request = self._request(meta, meta.signature, images, version)
+        response = self._call_predict(request, version, timeout)
+        return self._prediction(response, meta, len(images))
+
+    def explain(
+        self, images: np.ndarray, version: int | None = None, timeout: float | None = None
+    ) -> Explanation:
+        """The prediction plus the top class's Grad-CAM map (the `explain` signature).
+
+        Raises ExplainUnsupported when the served version has no such signature.
+        """
+        meta = self.metadata()
+        if EXPLAIN_SIGNATURE not in meta.signatures:
+            meta = self.metadata(refresh=True)  # a newer version may have it
+        if EXPLAIN_SIGNATURE not in meta.signatures:
+            raise ExplainUnsupported(
+                f"model {meta.name!r} version {meta.version} has no {EXPLAIN_SIGNATURE!r} "
+                f"signature (it serves {list(meta.signatures)}); export it again with this "
+                "release to get explanations"
+            )
+        request = self._request(meta, EXPLAIN_SIGNATURE, images, version)
+        request.output_filter.append(OUTPUT_HEATMAP)
+        try:
+            response = self._call_predict(request, version, timeout)
+        except ModelServerError as exc:
+            if exc.code == grpc.StatusCode.FAILED_PRECONDITION and EXPLAIN_SIGNATURE in str(exc):
+                raise ExplainUnsupported(str(exc), exc.code) from None
+            raise
+        prediction = self._prediction(response, meta, len(images))
+        if OUTPUT_HEATMAP not in response.outputs:
+            raise ModelContractError(
+                f"explain answer lacks output {OUTPUT_HEATMAP!r} (has {sorted(response.outputs)})"
+            )
+        heatmap = proto.to_numpy(response.outputs[OUTPUT_HEATMAP]).astype(np.float32)
+        if heatmap.ndim != 3 or heatmap.shape[0] != len(images):
+            raise ModelContractError(
+                f"output {OUTPUT_HEATMAP!r} has shape {list(heatmap.shape)} for {len(images)} "
+                "images; expected [images, height, width]"
+            )
+        return Explanation(prediction=prediction, heatmap=heatmap)
+
+    def _request(
+        self, meta: ModelMetadata, signature: str, images: np.ndarray, version: int | None
+    ) -> predict_pb2.PredictRequest:
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[3] != 3:
             raise KitchenwareError(f"images must be [N, size, size, 3], got {list(images.shape)}")
@@ -327,20 +387,26 @@ class ServingClient:
         dtype = np.uint8 if meta.input_dtype == "uint8" else np.float32
         request = predict_pb2.PredictRequest()
         request.model_spec.name = self.model_name
-        request.model_spec.signature_name = meta.signature
+        request.model_spec.signature_name = signature
         if version is not None:
             request.model_spec.version.value = int(version)
         request.inputs[meta.input_name].CopyFrom(proto.to_tensor_proto(images.astype(dtype)))
         request.output_filter.append(meta.probabilities_output)
         if meta.classes_output:
             request.output_filter.append(meta.classes_output)
+        return request
+
+    def _call_predict(self, request, version: int | None, timeout: float | None = None):
         try:
-            response = self._stub.Predict(request, timeout=timeout or self.timeout)
+            return self._stub.Predict(request, timeout=timeout or self.timeout)
         except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+            if exc.code() in (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.FAILED_PRECONDITION,
+            ):
                 self._forget_metadata()  # the model may have changed under us
             raise self._error(exc, f"Predict({self.model_name})", version is None) from None
-        return self._prediction(response, meta, len(images))
 
     def _prediction(self, response, meta: ModelMetadata, count: int) -> Prediction:
         served = int(response.model_spec.version.value)

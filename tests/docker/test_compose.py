@@ -113,6 +113,25 @@ def test_test_py_classifies_photos_through_the_published_port(compose, photos):
         assert any(label in line for label in CLASSES), line
 
 
+def test_test_py_explain_saves_overlays_through_the_published_port(compose, photos, tmp_path):
+    """The baked-in export answers `explain`; the gateway container draws the overlay."""
+    from PIL import Image
+
+    copies = []
+    for photo in photos[:2]:
+        copies.append(tmp_path / photo.name)
+        copies[-1].write_bytes(photo.read_bytes())
+    done = compose.in_netns(
+        [sys.executable, str(REPO / "test.py"), "--explain", "--gateway", GATEWAY_URL,
+         *map(str, copies)], capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    for photo in copies:
+        overlay = photo.with_name(photo.stem + ".explain.png")
+        assert f"overlay saved to {overlay}" in done.stdout
+        assert Image.open(overlay).format == "PNG"
+
+
 def test_refused_url_and_garbage_upload_get_json_errors(compose, tmp_path):
     # The namespace has no route off the machine, so even a broken guard could not connect.
     refused = curl(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kitchenware.cli import main
-from kitchenware.core.contract import SIGNATURE, WARMUP_FILE, versions
+from kitchenware.core.contract import EXPLAIN_SIGNATURE, SIGNATURE, WARMUP_FILE, versions
 from kitchenware.core.labels import CLASSES
 from kitchenware.export.layout import next_version
 from kitchenware.export.savedmodel import export_saved_model
@@ -45,7 +45,7 @@ def real_photos(mini_data):
 def test_signature_is_exactly_the_contract(loaded):
     import tensorflow as tf
 
-    assert list(loaded.signatures) == [SIGNATURE]
+    assert sorted(loaded.signatures) == [EXPLAIN_SIGNATURE, SIGNATURE]
     fn = loaded.signatures[SIGNATURE]
     args, kwargs = fn.structured_input_signature
     assert args == () and list(kwargs) == ["image"]
@@ -80,25 +80,26 @@ def test_savedmodel_probabilities_match_keras_logits_on_real_photos(tiny_run, lo
 
 
 def assert_warmup_matches_signature(version_dir):
-    """The version's warm-up file holds one predict record that its own signature accepts."""
+    """The version's warm-up file holds one predict record per signature, each accepted by it."""
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
     records = list(tf.data.TFRecordDataset(str(version_dir / WARMUP_FILE)))
-    assert len(records) == 1
-    log = prediction_log_pb2.PredictionLog.FromString(records[0].numpy())
-    assert log.WhichOneof("log_type") == "predict_log"
-    request = log.predict_log.request
-    assert request.model_spec.signature_name == SIGNATURE
-    function = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE]
-    specs = function.structured_input_signature[1]
-    inputs = {name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()}
-    assert sorted(inputs) == sorted(specs)
-    for name, value in inputs.items():
-        assert value.dtype == specs[name].dtype.as_numpy_dtype
-        assert specs[name].shape.is_compatible_with(value.shape) and value.shape[0] >= 1
-    result = function(**{k: tf.constant(v) for k, v in inputs.items()})
-    assert result["probabilities"].shape == (len(next(iter(inputs.values()))), len(CLASSES))
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in records]
+    assert [log.WhichOneof("log_type") for log in logs] == ["predict_log", "predict_log"]
+    requests = [log.predict_log.request for log in logs]
+    assert [r.model_spec.signature_name for r in requests] == [SIGNATURE, EXPLAIN_SIGNATURE]
+    signatures = tf.saved_model.load(str(version_dir)).signatures
+    for request in requests:
+        function = signatures[request.model_spec.signature_name]
+        specs = function.structured_input_signature[1]
+        inputs = {name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()}
+        assert sorted(inputs) == sorted(specs)
+        for name, value in inputs.items():
+            assert value.dtype == specs[name].dtype.as_numpy_dtype
+            assert specs[name].shape.is_compatible_with(value.shape) and value.shape[0] >= 1
+        result = function(**{k: tf.constant(v) for k, v in inputs.items()})
+        assert result["probabilities"].shape == (len(next(iter(inputs.values()))), len(CLASSES))
 
 
 @pytest.mark.slow
@@ -142,9 +143,13 @@ def test_inspect_shows_versions_and_signature(tiny_export, capsys):
         "probabilities: DT_FLOAT shape (-1, 6)" in text
         and "classes: DT_STRING shape (-1, 6)" in text
     )
+    assert "signature_def['explain']" in text
+    assert "heatmap: DT_FLOAT shape (-1, 3, 3)" in text  # MobileNetV2's grid at 71 px
+    assert "heatmaps: DT_FLOAT shape (-1, 6, 3, 3)" in text
     assert main(["inspect", str(tiny_export), "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert [v["version"] for v in found] == ["1"] and found[0]["warmup"] is True
+    assert sorted(found[0]["signatures"]) == ["explain", "serving_default"]
 
 
 def test_inspect_rejects_a_folder_without_models(tmp_path, capsys):

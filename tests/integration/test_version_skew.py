@@ -31,6 +31,11 @@ def test_the_serving_tensorflow_answers_the_warmup_like_the_exporting_one(
     assert result["serving"] == serving_version()
     assert result["export"] != result["serving"]  # the check compares two runtimes
     assert result["max_difference"] <= 1e-4
+    # Both warm-up records replayed: the Grad-CAM maps load and agree under TF Serving's TF too.
+    assert result["signatures"] == ["explain", "serving_default"]
+    assert {"explain/heatmap", "explain/heatmaps", "serving_default/probabilities"} <= set(
+        result["differences"]
+    )
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import hashlib
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -117,3 +118,37 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys):
     assert "--per-class" in capsys.readouterr().err
     assert main(["sample-data", str(tmp_path / "y"), "--size", "8"]) == 2
     assert "too small" in capsys.readouterr().err
+
+
+def edge_energy(edges: np.ndarray, box) -> float:
+    """Mean edge strength of `edges` [H, W] inside `box` (fractions x0, y0, x1, y1)."""
+    height, width = edges.shape
+    x0, y0, x1, y1 = box
+    return float(
+        edges[int(y0 * height) : int(y1 * height), int(x0 * width) : int(x1 * width)].mean()
+    )
+
+
+def test_off_centre_objects_sit_in_a_quadrant_inside_their_recorded_box(tmp_path, small):
+    """The box is where the drawing differs from its background; it never holds the centre."""
+    assert not (small / "boxes.csv").exists()  # only on request
+    out = tmp_path / "off"
+    assert main(["sample-data", str(out), "--per-class", "3", "--test-per-class", "1",
+                 "--size", "160", "--seed", "7", "--off-centre"]) == 0  # fmt: skip
+    boxes = {row["Id"]: row for row in _rows(out / "boxes.csv")}
+    labels = {
+        r["Id"]: r["label"] for r in _rows(out / "train.csv") + _rows(out / "test_labels.csv")
+    }
+    assert sorted(boxes) == sorted(labels)
+    assert all(boxes[i]["label"] == labels[i] for i in labels)
+    for image_id, row in boxes.items():
+        x0, y0, x1, y1 = (float(row[k]) for k in ("x_min", "y_min", "x_max", "y_max"))
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+        assert not (x0 < 0.5 < x1 and y0 < 0.5 < y1), f"{image_id}: object over the centre"
+        pixels = load_image(out / "images" / f"{image_id}.jpg").astype(float).mean(-1)  # EXIF
+        edges = np.abs(np.diff(pixels, axis=0))[:, :-1] + np.abs(np.diff(pixels, axis=1))[:-1]
+
+        # The drawing's outline is inside its box; the same box mirrored through the
+        # centre (the opposite quadrant) holds background only.
+        mirrored = (1 - x1, 1 - y1, 1 - x0, 1 - y0)
+        assert edge_energy(edges, (x0, y0, x1, y1)) > 1.3 * edge_energy(edges, mirrored), image_id

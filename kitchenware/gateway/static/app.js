@@ -1,8 +1,11 @@
-// Kitchenware web page: send a photo (upload or URL) to POST /predict, show the top 3.
+// Kitchenware web page: send a photo (upload or URL) to POST /predict, show the top 3;
+// "Why?" sends the same photo to POST /explain and shows the Grad-CAM overlay beside it.
 "use strict";
 
 const TOP = 3;
 const $ = (id) => document.getElementById(id);
+// How to send the photo shown now again (for "Why?"): a fresh body each time.
+let lastPhoto = null;
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -46,20 +49,54 @@ function showResult(answer) {
   $("result").hidden = false;
 }
 
+function hideWhy() {
+  $("why-panel").hidden = true;
+  $("overlay").removeAttribute("src");
+}
+
+async function postJson(path, body, headers) {
+  const response = await fetch(path, { method: "POST", body, headers });
+  let answer;
+  try {
+    answer = await response.json();
+  } catch (_) {
+    throw new Error(`the gateway answered HTTP ${response.status}`);
+  }
+  if (!response.ok) {
+    throw new Error(answer.error ? answer.error.message : `HTTP ${response.status}`);
+  }
+  return answer;
+}
+
+async function explainPhoto() {
+  if (!lastPhoto) return;
+  busy(true);
+  setStatus("Working out why…");
+  try {
+    const answer = await postJson("/explain", lastPhoto.body(), lastPhoto.headers);
+    $("why-photo").src = $("preview").src;
+    $("overlay").src = `data:image/png;base64,${answer.explanation.overlay_png}`;
+    $("why-caption").textContent =
+      `Regions that drove “${answer.label}” (Grad-CAM, ${answer.explanation.grid_size.join("×")} ` +
+      "cells): red most, blue least.";
+    $("why-panel").hidden = false;
+    setStatus("");
+  } catch (err) {
+    hideWhy();
+    setStatus(`Could not explain: ${err.message}`, true);
+  } finally {
+    busy(false);
+  }
+}
+
+$("why").addEventListener("click", explainPhoto);
+
 async function classify(body, headers = {}) {
+  hideWhy();
   busy(true);
   setStatus("Classifying…");
   try {
-    const response = await fetch("/predict", { method: "POST", body, headers });
-    let answer;
-    try {
-      answer = await response.json();
-    } catch (_) {
-      throw new Error(`the gateway answered HTTP ${response.status}`);
-    }
-    if (!response.ok) {
-      throw new Error(answer.error ? answer.error.message : `HTTP ${response.status}`);
-    }
+    const answer = await postJson("/predict", body, headers);
     showResult(answer);
     setStatus("");
   } catch (err) {
@@ -73,9 +110,13 @@ async function classify(body, headers = {}) {
 function classifyFile(file) {
   if (!file) return;
   showPreview(URL.createObjectURL(file));
-  const form = new FormData();
-  form.append("file", file, file.name);
-  classify(form);
+  const form = () => {
+    const data = new FormData();
+    data.append("file", file, file.name);
+    return data;
+  };
+  lastPhoto = { body: form, headers: {} };
+  classify(form());
 }
 
 $("file").addEventListener("change", (event) => classifyFile(event.target.files[0]));
@@ -94,5 +135,7 @@ $("url-form").addEventListener("submit", (event) => {
   const url = $("url").value.trim();
   if (!url) return;
   showPreview(url);
-  classify(JSON.stringify({ url }), { "Content-Type": "application/json" });
+  const headers = { "Content-Type": "application/json" };
+  lastPhoto = { body: () => JSON.stringify({ url }), headers };
+  classify(JSON.stringify({ url }), headers);
 });
