@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TFS_API := tensorflow-serving-api==2.21.0
 DEMO_DIR ?= demo
 
-.PHONY: help venv gateway-venv system-deps test test-fast lint demo serve quality skew-check lock clean bench \
+.PHONY: help venv gateway-venv model-venv system-deps test test-fast lint demo serve quality skew-check lock clean bench \
 	load load-sweep faults probe
 
 help:
@@ -43,6 +43,20 @@ $(GW_VENV)/bin/.installed: pyproject.toml requirements/gateway.txt
 
 gateway-venv: $(GW_VENV)/bin/.installed
 
+# A third, TensorFlow-free environment: the OpenVINO model server exactly as
+# image-model-python.dockerfile installs it (the model-server tests run their
+# --backend openvino servers with it, which proves they never need TensorFlow).
+MODEL_VENV := .venv-model
+$(MODEL_VENV)/bin/.installed: pyproject.toml requirements/model-server.txt serving/protos
+	test -x $(MODEL_VENV)/bin/python || $(PYTHON) -m venv $(MODEL_VENV)
+	$(MODEL_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/model-server.txt
+	$(MODEL_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps $(TFS_API)
+	$(MODEL_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+	PYTHON=$(PYTHON) scripts/tf_free_protos.sh $$($(MODEL_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+	touch $@
+
+model-venv: $(MODEL_VENV)/bin/.installed
+
 # Debian packages some tests drive for real (headless Chromium, docker-compose's
 # offline config check). Installed only when missing, and only as root.
 system-deps:
@@ -56,7 +70,7 @@ system-deps:
 	  else echo "not root: install$$missing yourself, or the tests that need them skip"; fi; \
 	fi
 
-test: venv gateway-venv system-deps
+test: venv gateway-venv model-venv system-deps
 	$(BIN)/python -m pytest
 
 test-fast: venv
@@ -91,7 +105,7 @@ lock:
 	scripts/lock.sh
 
 clean:
-	rm -rf $(VENV) $(GW_VENV) .pytest_cache .ruff_cache $(DEMO_DIR)
+	rm -rf $(VENV) $(GW_VENV) $(MODEL_VENV) .pytest_cache .ruff_cache $(DEMO_DIR)
 
 # ---------------------------------------------------------------------------
 # Evidence (docu/BENCHMARKS.md, docu/RELIABILITY.md): long runs, one command each.
