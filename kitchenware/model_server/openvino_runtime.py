@@ -112,6 +112,9 @@ class IrFunction:
         self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
 
     def __call__(self, **inputs) -> dict[str, np.ndarray]:
+        if set(inputs) != {self.input_name}:
+            # What calling the TF function with other keywords raises, in substance.
+            raise TypeError(f"expected input {self.input_name!r}, got {sorted(inputs)}")
         images = np.ascontiguousarray(inputs[self.input_name])
         rows = len(images)
         columns = {k: [None] * rows for k in self.numeric}
