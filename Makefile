@@ -50,6 +50,7 @@ MODEL_VENV := .venv-model
 $(MODEL_VENV)/bin/.installed: pyproject.toml requirements/model-server.txt serving/protos
 	test -x $(MODEL_VENV)/bin/python || $(PYTHON) -m venv $(MODEL_VENV)
 	$(MODEL_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/model-server.txt
+	$(MODEL_VENV)/bin/pip uninstall --quiet --yes openvino-telemetry
 	$(MODEL_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps $(TFS_API)
 	$(MODEL_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
 	PYTHON=$(PYTHON) scripts/tf_free_protos.sh $$($(MODEL_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
