@@ -10,7 +10,7 @@ TFS_API := tensorflow-serving-api==2.21.0
 DEMO_DIR ?= demo
 
 .PHONY: help venv gateway-venv model-venv system-deps test test-fast lint demo serve quality skew-check lock clean bench \
-	load load-sweep faults probe
+	load load-sweep faults probe bench-openvino
 
 help:
 	@echo "make test    - install everything into .venv and run the whole test-suite"
@@ -130,6 +130,10 @@ faults: venv  # model server killed, slow URLs, worker SIGKILL, broken version, 
 # ImageDataGenerator (the baseline of bench_train.py pipeline) lives in tf-keras;
 # --no-deps because tf-keras declares full tensorflow, which would overwrite tensorflow-cpu.
 TF_KERAS := tf-keras==2.21.0
+
+# The model server on OpenVINO vs TensorFlow, side by side (docu/BENCHMARKS.md).
+bench-openvino: venv gateway-venv model-venv
+	$(BIN)/python -m devtools.bench_openvino
 
 bench: venv gateway-venv  # every benchmark script in turn (each prints its figures and the machine)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(TF_KERAS)

@@ -392,10 +392,12 @@ class ServingStack:
         log_dir: Path | None = None,  # None: both write to this terminal
         gateway_env: dict[str, str] | None = None,
         server_args: list[str] | None = None,
+        backend: str | None = None,
     ) -> None:
         # Their own sessions: Ctrl-C reaches only us, and we stop them in order.
         self.server = ModelServer(model_base, log_dir, port=grpc_port, rest_port=rest_port,
-                                  extra=server_args or [], own_session=True)  # fmt: skip
+                                  extra=server_args or [], own_session=True,
+                                  backend=backend)  # fmt: skip
         env = {"TF_SERVING_HOST": self.server.target, **(gateway_env or {})}
         self.gateway = Gateway(log_dir, env, port=port, host=host,
                                workers=workers, own_session=True)  # fmt: skip
