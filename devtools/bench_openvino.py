@@ -34,9 +34,13 @@ from devtools.bench_serving import offline_throughput, served_throughput
 from devtools.benchlib import MINI_DATA, machine
 from devtools.stack import REPO, ModelServer, ServingStack, rss_kb
 from kitchenware.core.contract import SIGNATURE
+from kitchenware.model_server.openvino_runtime import PRECISION_ENV
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-BACKENDS = ("tensorflow", "openvino")
+# (name in the report, --backend, OPENVINO_INFERENCE_PRECISION): OpenVINO's own choice
+# (bf16 on CPUs with AVX-512 BF16 or AMX) and f32 (TensorFlow's answers, the AVX2-class figure).
+RUNS = (("tensorflow", "tensorflow", None), ("openvino", "openvino", None),
+        ("openvino_f32", "openvino", "f32"))  # fmt: skip
 CPU_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx2")
 
 
@@ -81,7 +85,7 @@ def labelled_photos(workdir: Path) -> dict[str, list[tuple[Path, str]]]:
     return {"test": test, "val": val}
 
 
-def agreement(version_dir: Path, size: int, photos: dict) -> dict:
+def agreement(version_dir: Path, size: int, photos: dict, precision: str | None) -> dict:
     """Accuracy of both runtimes and how often their top-1 agrees, per split."""
     import numpy as np
     import tensorflow as tf
@@ -91,7 +95,8 @@ def agreement(version_dir: Path, size: int, photos: dict) -> dict:
     from kitchenware.model_server.servables import LoadedVersion
 
     serve = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE]
-    ir = LoadedVersion(version_dir, 1, backend="openvino")
+    with precision_env(precision):
+        ir = LoadedVersion(version_dir, 1, backend="openvino")
     result = {"precision": ir.backend_detail.get("precision")}
     try:
         for split, rows in photos.items():
@@ -117,6 +122,23 @@ def agreement(version_dir: Path, size: int, photos: dict) -> dict:
     finally:
         ir.close()
     return result
+
+
+class precision_env:  # noqa: N801 (used as a context manager)
+    """OPENVINO_INFERENCE_PRECISION for what starts inside the block (servers, loads)."""
+
+    def __init__(self, precision: str | None):
+        self.precision = precision
+
+    def __enter__(self):
+        self.before = os.environ.pop(PRECISION_ENV, None)
+        if self.precision:
+            os.environ[PRECISION_ENV] = self.precision
+
+    def __exit__(self, *exc):
+        os.environ.pop(PRECISION_ENV, None)
+        if self.before is not None:
+            os.environ[PRECISION_ENV] = self.before
 
 
 def batch1_latency_ms(target: str, size: int, repeats: int) -> float:
@@ -172,7 +194,14 @@ def gateway_throughput(stack: ServingStack, photos: list[bytes], clients: int, e
     return clients * each / elapsed
 
 
-def serve_backend(base: Path, workdir: Path, backend: str, args, photos: list[bytes]) -> dict:
+def serve_backend(
+    base: Path, workdir: Path, backend: str, precision: str | None, args, photos: list[bytes]
+) -> dict:
+    with precision_env(precision):
+        return _serve_backend(base, workdir, backend, args, photos)
+
+
+def _serve_backend(base: Path, workdir: Path, backend: str, args, photos: list[bytes]) -> dict:
     server = ModelServer(base, workdir, backend=backend)
     started = time.monotonic()
     with server:
@@ -235,14 +264,18 @@ def main(argv: list[str] | None = None) -> int:
     report["tf_in_process_batch32_images_per_s"] = round(
         offline_throughput(base / "1", size, 32, args.offline_repeats), 2
     )
-    for backend in BACKENDS:
-        report[backend] = serve_backend(base, workdir, backend, args, photos)
-    report["agreement"] = agreement(base / "1", size, photos_by_split)
+    for name, backend, precision in RUNS:
+        report[name] = serve_backend(base, workdir, backend, precision, args, photos)
+    report["agreement"] = {
+        name: agreement(base / "1", size, photos_by_split, precision)
+        for name, backend, precision in RUNS
+        if backend == "openvino"
+    }
     report["image_sizes_mb"] = image_sizes()
     limit = report["tf_in_process_batch32_images_per_s"]
     report["ratios_vs_tf_in_process_batch32"] = {
-        f"{b}_{what}": round(report[b][f"{what}_images_per_s"] / limit, 2)
-        for b in BACKENDS
+        f"{name}_{what}": round(report[name][f"{what}_images_per_s"] / limit, 2)
+        for name, _, _ in RUNS
         for what in ("served", "gateway")
     }
     (workdir / "report.json").write_text(json.dumps(report, indent=2))

@@ -54,7 +54,10 @@ def load(path: Path, backend: str, signature_defs) -> LoadedFunctions:
             loaded = load_openvino(path, signature_defs, require_all=True)
         except LoadError as exc:
             log.info("%s: serving with TensorFlow, not OpenVINO: %s", path, exc)
-            loaded = load_tensorflow(path)
+            try:
+                loaded = load_tensorflow(path)
+            except LoadError as tf_exc:
+                raise LoadError(f"not on OpenVINO ({exc}), not on TensorFlow ({tf_exc})") from None
             loaded.detail["why_not_openvino"] = str(exc)
         return loaded
     raise LoadError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")

@@ -26,9 +26,24 @@ from kitchenware.core.contract import OPENVINO_DIR, OPENVINO_MANIFEST
 
 log = logging.getLogger("kitchenware.model_server")
 
-# Probabilities from the IR may differ from TensorFlow's by this much (absolute):
-# the CPU plugin runs in bf16 where the CPU supports it (AVX-512 BF16, AMX).
+# Probabilities from the IR may differ from TensorFlow's by this much (absolute) on the
+# self-test image: the CPU plugin runs in bf16 where the CPU supports it (AVX-512 BF16,
+# AMX). On real photos up to ~0.1 was measured in bf16, 3e-6 in f32 (docu/deploy.md).
 SELF_TEST_ATOL = 0.02
+# The inference precision: unset or "auto" lets OpenVINO choose (bf16 on CPUs with
+# AVX-512 BF16 or AMX, else f32); "f32" gives TensorFlow's answers at a lower speed.
+PRECISION_ENV = "OPENVINO_INFERENCE_PRECISION"
+PRECISIONS = ("auto", "f32", "bf16")
+
+
+def precision_setting() -> dict:
+    """The compile option from OPENVINO_INFERENCE_PRECISION (a clear error when invalid)."""
+    value = os.environ.get(PRECISION_ENV, "auto").strip().lower() or "auto"
+    if value not in PRECISIONS:
+        raise OpenVinoUnavailable(
+            f"{PRECISION_ENV}={value!r} is not one of {', '.join(PRECISIONS)}"
+        )
+    return {} if value == "auto" else {"INFERENCE_PRECISION_HINT": value}
 
 
 class OpenVinoUnavailable(Exception):
@@ -101,7 +116,11 @@ class IrFunction:
         self.compiled = core.compile_model(
             model,
             "CPU",
-            {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": threads},
+            {
+                "PERFORMANCE_HINT": "THROUGHPUT",
+                "INFERENCE_NUM_THREADS": threads,
+                **precision_setting(),
+            },
         )
         requests = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._idle: queue.Queue = queue.Queue()

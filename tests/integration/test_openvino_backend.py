@@ -201,3 +201,17 @@ def test_the_recorder_sees_the_converters_statistics_when_not_turned_off(exporte
     prelude = "import kitchenware.export.openvino_ir as ir; ir.telemetry_off = lambda: None\n"
     attempts = convert_recording_attempts(exported_model, tmp_path, prelude)
     assert attempts and all("getaddrinfo" in a or "connect" in a for a in attempts), attempts
+
+
+def test_the_inference_precision_comes_from_the_environment(exported_model, monkeypatch):
+    from kitchenware.model_server.openvino_runtime import PRECISION_ENV
+
+    monkeypatch.setenv(PRECISION_ENV, "f32")
+    model = LoadedVersion(exported_model / "1", 1, backend="openvino")
+    try:
+        assert model.backend_detail["precision"] == "f32"
+    finally:
+        model.close()
+    monkeypatch.setenv(PRECISION_ENV, "fp8")
+    with pytest.raises(LoadError, match=f"{PRECISION_ENV}='fp8' is not one of auto, f32, bf16"):
+        LoadedVersion(exported_model / "1", 1, backend="openvino")
