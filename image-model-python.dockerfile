@@ -37,15 +37,20 @@ COPY kitchenware/core kitchenware/core
 COPY kitchenware/serving kitchenware/serving
 COPY kitchenware/model_server kitchenware/model_server
 RUN pip install --no-cache-dir --no-deps .
-# A CPU server runs an IR on the CPU plugin: no GPU/NPU plugins, no model-format
-# frontends but IR's, no converter (openvino/tools; `import openvino` skips it when
-# absent), no C headers, installers or test suites.
-ARG OV=/opt/venv/lib/python3.11/site-packages/openvino
+# A CPU server runs an IR on the CPU plugin: no GPU/NPU/AUTO/HETERO/batch plugins, no
+# model-format frontends but IR's, no converter (openvino/tools; `import openvino`
+# skips it when absent), no C API, no C headers, type stubs, NumPy's f2py and typing
+# helpers, installers or test suites.
+ARG SITE=/opt/venv/lib/python3.11/site-packages
+ARG OVLIBS=${SITE}/openvino/libs
 RUN pip uninstall --yes pip setuptools \
-    && rm -f ${OV}/libs/libopenvino_intel_gpu_plugin.so ${OV}/libs/libopenvino_intel_npu_plugin.so \
-       ${OV}/libs/cache.json ${OV}/libs/libopenvino_c.so.* \
-    && find ${OV}/libs -name 'libopenvino_*_frontend.so.*' ! -name 'libopenvino_ir_frontend.so.*' -delete \
-    && rm -rf ${OV}/include ${OV}/cmake ${OV}/tools ${OV}/torch \
+    && rm -f ${OVLIBS}/libopenvino_intel_gpu_plugin.so ${OVLIBS}/libopenvino_intel_npu_plugin.so \
+       ${OVLIBS}/libopenvino_auto_plugin.so ${OVLIBS}/libopenvino_auto_batch_plugin.so \
+       ${OVLIBS}/libopenvino_hetero_plugin.so ${OVLIBS}/cache.json ${OVLIBS}/libopenvino_c.so.* \
+    && find ${OVLIBS} -name 'libopenvino_*_frontend.so.*' ! -name 'libopenvino_ir_frontend.so.*' -delete \
+    && rm -rf ${SITE}/openvino/include ${SITE}/openvino/cmake ${SITE}/openvino/tools \
+       ${SITE}/openvino/torch ${SITE}/numpy/f2py ${SITE}/numpy/typing ${SITE}/numpy/_core/include \
+    && find /opt/venv \( -name '*.pyi' -o -name '*.h' \) -delete \
     && find /opt/venv -depth -type d \( -name tests -o -name __pycache__ \) -exec rm -rf {} +
 # The model version without variables/: the IR holds the weights; saved_model.pb
 # (the signatures GetModelMetadata answers) and the warm-up records stay.

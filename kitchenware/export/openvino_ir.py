@@ -78,11 +78,15 @@ def convert_signature(function, folder: Path, name: str) -> dict:
     size = int(spec.shape[1])
     image = np.full((1, size, size, 3), SELF_TEST_FILL, dtype=np.uint8)
     expected = function(**{input_name: tf.constant(image)})
+    # A string output can be filled by the server only if it is the same row for every
+    # image (like `classes`): check on a second, different image.
+    noise = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    other = function(**{input_name: tf.constant(noise)})
     constant_rows = {}
     for key in strings:
-        rows = expected[key].numpy()
-        if rows.ndim != 2:
-            raise ValueError(f"string output {key!r} is not one row per image")
+        rows, other_rows = expected[key].numpy(), other[key].numpy()
+        if rows.ndim != 2 or rows.shape[0] != 1 or not np.array_equal(rows, other_rows):
+            raise ValueError(f"string output {key!r} is not one fixed row per image")
         constant_rows[key] = [v.decode() for v in rows[0]]
     return {
         "xml": xml.name,
