@@ -50,6 +50,9 @@ RUN pip uninstall --yes pip setuptools \
     && find ${OVLIBS} -name 'libopenvino_*_frontend.so.*' ! -name 'libopenvino_ir_frontend.so.*' -delete \
     && rm -rf ${SITE}/openvino/include ${SITE}/openvino/cmake ${SITE}/openvino/tools \
        ${SITE}/openvino/torch ${SITE}/numpy/f2py ${SITE}/numpy/typing ${SITE}/numpy/_core/include \
+       ${SITE}/openvino/frontend/tensorflow ${SITE}/openvino/frontend/tflite \
+       ${SITE}/openvino/frontend/onnx ${SITE}/openvino/frontend/pytorch \
+       ${SITE}/openvino/frontend/paddle ${SITE}/openvino/frontend/jax \
     && find /opt/venv \( -name '*.pyi' -o -name '*.h' \) -delete \
     && find /opt/venv -depth -type d \( -name tests -o -name __pycache__ \) -exec rm -rf {} +
 # The model version without variables/: the IR holds the weights; saved_model.pb
