@@ -6,6 +6,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 GW_VENV := .venv-gateway
+MODEL_VENV := .venv-model
 BIN := $(VENV)/bin
 # tensorflow-serving-api declares a dependency on full tensorflow; we install it
 # with --no-deps (the protos it needs come from TensorFlow or tensorflow-protobuf).
@@ -15,8 +16,8 @@ DEMO_DIR ?= demo
 SYSTEM_DEPS := chromium:chromium docker-compose:docker-compose
 
 .DEFAULT_GOAL := help
-.PHONY: help venv gateway-venv system-deps test test-fast lint demo serve quality skew-check \
-	lock clean diagram bench load load-sweep faults probe
+.PHONY: help venv gateway-venv model-venv system-deps test test-fast lint demo serve quality skew-check \
+	lock clean diagram bench bench-openvino load load-sweep faults probe
 
 ##@ Setting up and testing
 
@@ -38,10 +39,18 @@ $(GW_VENV)/bin/.installed: pyproject.toml requirements/gateway.txt
 
 gateway-venv: $(GW_VENV)/bin/.installed ## .venv-gateway: the TensorFlow-free gateway tier only
 
+# The OpenVINO model server exactly as image-model-python.dockerfile installs it: the
+# model-server tests run their --backend openvino servers here, proving they need no TensorFlow.
+$(MODEL_VENV)/bin/.installed: pyproject.toml requirements/model-server.txt serving/protos
+	PYTHON=$(PYTHON) scripts/model-venv.sh $(MODEL_VENV) $(TFS_API)
+	touch $@
+
+model-venv: $(MODEL_VENV)/bin/.installed ## .venv-model: the TensorFlow-free OpenVINO model server only
+
 system-deps: ## Debian packages some tests drive for real (as root; otherwise those tests skip)
 	@scripts/debian-deps.sh $(SYSTEM_DEPS)
 
-test: venv gateway-venv system-deps ## the whole test-suite (what CI runs first)
+test: venv gateway-venv model-venv system-deps ## the whole test-suite (what CI runs first)
 	$(BIN)/python -m pytest
 
 test-fast: venv ## the tests not marked slow
@@ -56,7 +65,7 @@ lock: ## regenerate the pinned requirements/*.txt from pyproject.toml
 	scripts/lock.sh
 
 clean: ## remove the venvs, caches and the demo folder
-	rm -rf $(VENV) $(GW_VENV) .pytest_cache .ruff_cache $(DEMO_DIR)
+	rm -rf $(VENV) $(GW_VENV) $(MODEL_VENV) .pytest_cache .ruff_cache $(DEMO_DIR)
 
 ##@ Running it
 
@@ -84,7 +93,6 @@ SWEEP ?= 1,2,4,8,16
 
 load: venv ## N clients x T s: throughput, p50/p95/p99, errors, RSS before/after (LOAD_ARGS)
 	$(BIN)/python -m devtools.load $(LOAD_ARGS)
-	$(BIN)/python -m devtools.bench_explain
 
 load-sweep: venv ## latency percentiles vs concurrency -> docu/images/latency_vs_concurrency.png
 	$(BIN)/python -m devtools.load --concurrency-sweep $(SWEEP)
@@ -97,5 +105,8 @@ faults: venv ## model server killed, slow URLs, worker SIGKILL, broken version, 
 
 bench: venv gateway-venv ## every benchmark script in turn (each prints its figures and the machine)
 	PY=$(BIN)/python scripts/bench.sh $(LOAD_ARGS)
+
+bench-openvino: venv gateway-venv model-venv ## model server on OpenVINO vs TensorFlow, side by side
+	$(BIN)/python -m devtools.bench_openvino
 
 include make/deploy.mk

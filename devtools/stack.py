@@ -34,6 +34,8 @@ from kitchenware.core.errors import KitchenwareError
 # The checkout: gunicorn runs gateway.py and gunicorn.conf.py from its root.
 REPO = Path(__file__).resolve().parents[1]
 GATEWAY_VENV_PYTHON = REPO / ".venv-gateway" / "bin" / "python"
+# The OpenVINO model server's TensorFlow-free environment (make model-venv), as in its image.
+MODEL_VENV_PYTHON = REPO / ".venv-model" / "bin" / "python"
 LOG_TAIL_CHARS = 6000
 # A cold model server (TensorFlow import + SavedModel load) takes ~10 s on 2 busy cores.
 STACK_READY_TIMEOUT_S = 300.0
@@ -185,8 +187,11 @@ class ModelServer(Process):
                  rest_port: int | None = None, model_name: str = MODEL_NAME,
                  poll_seconds: float = 0.5, batching: bool = True,
                  extra: Sequence[str] = (), ready: str = "rest",
-                 own_session: bool = False) -> None:  # fmt: skip
+                 own_session: bool = False, backend: str | None = None) -> None:  # fmt: skip
+        """`backend`: --backend for the server (None: its default); "openvino" runs it in
+        .venv-model, without TensorFlow, when that environment exists."""
         self.base = Path(base)
+        self.backend = backend
         self.port = port or free_port()
         self.rest_port = free_port() if rest_port is None else rest_port
         self.model_name = model_name
@@ -198,12 +203,13 @@ class ModelServer(Process):
             None if log_dir is None else Path(log_dir) / f"model-server-{self.port}-stats.json"
         )
         argv = [
-            sys.executable, "-m", "kitchenware.cli", "model-server",
+            model_server_python(backend), "-m", "kitchenware.cli", "model-server",
             "--model-base-path", str(self.base), "--model-name", model_name,
             "--host", "127.0.0.1", "--port", str(self.port),
             "--rest-api-port", str(self.rest_port), "--poll-seconds", str(poll_seconds),
             *([] if self.stats_file is None else ["--stats-file", str(self.stats_file)]),
-            *([] if batching else ["--no-batching"]), *extra,
+            *([] if batching else ["--no-batching"]),
+            *([] if backend is None else ["--backend", backend]), *extra,
         ]  # fmt: skip
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=_pythonpath([]))
         super().__init__(f"model-server-{self.port}", argv, env, log_dir, own_session)
@@ -231,6 +237,14 @@ class ModelServer(Process):
                 return exc.code, json.loads(exc.read() or b"{}")
             except ValueError:
                 return exc.code, {}
+
+    def model_status_backends(self, timeout: float = 2.0) -> dict[int, str]:
+        """{version: backend} from the REST status's X-Kitchenware-Backend header."""
+        url = f"http://127.0.0.1:{self.rest_port}/v1/models/{self.model_name}"
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            header = response.headers.get("X-Kitchenware-Backend", "")
+        pairs = (item.split("=", 1) for item in header.split(",") if "=" in item)
+        return {int(version): name for version, name in pairs}
 
     def is_ready(self) -> bool:
         self.check_alive()
@@ -276,6 +290,13 @@ class ModelServer(Process):
         """The stats once predicate(stats) holds (the server rewrites the file on changes)."""
         return wait_for(lambda: (s := self.stats()) and predicate(s) and s, timeout,
                         f"the model server's stats to match; its log:\n{self.log()}")  # fmt: skip
+
+
+def model_server_python(backend: str | None) -> str:
+    """.venv-model's python for the OpenVINO backend (TF-free, as deployed), else this one."""
+    if backend == "openvino" and MODEL_VENV_PYTHON.is_file():
+        return str(MODEL_VENV_PYTHON)
+    return sys.executable
 
 
 @functools.cache
@@ -371,10 +392,12 @@ class ServingStack:
         log_dir: Path | None = None,  # None: both write to this terminal
         gateway_env: dict[str, str] | None = None,
         server_args: list[str] | None = None,
+        backend: str | None = None,
     ) -> None:
         # Their own sessions: Ctrl-C reaches only us, and we stop them in order.
         self.server = ModelServer(model_base, log_dir, port=grpc_port, rest_port=rest_port,
-                                  extra=server_args or [], own_session=True)  # fmt: skip
+                                  extra=server_args or [], own_session=True,
+                                  backend=backend)  # fmt: skip
         env = {"TF_SERVING_HOST": self.server.target, **(gateway_env or {})}
         self.gateway = Gateway(log_dir, env, port=port, host=host,
                                workers=workers, own_session=True)  # fmt: skip

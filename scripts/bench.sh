@@ -10,4 +10,5 @@ py=${PY:-.venv/bin/python}
 for part in pipeline augment step; do "$py" -m devtools.bench_train "$part"; done
 "$py" -m devtools.bench_serving
 "$py" -m devtools.bench_gateway all
+"$py" -m devtools.bench_explain
 "$py" -m devtools.load "$@"

@@ -16,5 +16,5 @@ lock() {  # lock NAME EXTRAS [pip options]
 }
 lock gateway gateway
 lock dev train,dev
-# The model image runs the same TensorFlow, NumPy and gRPC as the tests.
-lock model-server serving -c requirements/dev.txt
+# requirements/model-server.txt (the OpenVINO model image) is pinned by hand to
+# dev.txt's versions: tests/deploy/test_python_model_image.py checks that they agree.

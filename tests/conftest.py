@@ -28,9 +28,17 @@ def mini_data() -> Path:
     return MINI_DATA
 
 
+@pytest.fixture(scope="module", params=["tensorflow", "openvino"])
+def backend(request) -> str:
+    """The model server's --backend: every test that asks runs once per runtime
+    (openvino in .venv-model, without TensorFlow, where `make model-venv` built it)."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def exported_model(tmp_path_factory) -> Path:
-    """A real (untrained, tiny) model exported to BASE/1 in TF Serving layout; returns BASE."""
+    """A real (untrained, tiny) model exported to BASE/1 in TF Serving layout, with its
+    OpenVINO IR; returns BASE."""
     from kitchenware.export.savedmodel import export_saved_model
     from kitchenware.training.model import build_model
 

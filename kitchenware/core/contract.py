@@ -44,6 +44,10 @@ GATEWAY_PORT = 9696
 
 SAVED_MODEL_FILE = "saved_model.pb"
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+# OpenVINO IR of each signature, inside the version folder (TF Serving ignores it):
+# <version>/openvino/<signature>.xml/.bin and a manifest (kitchenware.export.openvino_ir).
+OPENVINO_DIR = "openvino"
+OPENVINO_MANIFEST = "manifest.json"
 
 
 def versions(base_dir: str | os.PathLike) -> list[int]:

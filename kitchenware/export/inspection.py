@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kitchenware.core.config import add_fields, from_args, option
-from kitchenware.core.contract import WARMUP_FILE, versions
+from kitchenware.core.contract import OPENVINO_DIR, OPENVINO_MANIFEST, WARMUP_FILE, versions
 from kitchenware.core.errors import KitchenwareError
 
 INTERNAL_SIGNATURES = ("__saved_model_init_op",)
@@ -62,7 +62,23 @@ def describe_version(version_dir: Path) -> dict:
         "size_bytes": size,
         "warmup": (version_dir / WARMUP_FILE).is_file(),
         "signatures": signatures,
+        "openvino": _openvino(version_dir),
     }
+
+
+def _openvino(version_dir: Path) -> dict | None:
+    """Which signatures carry an OpenVINO IR (and why others do not); None: no IR at all."""
+    path = version_dir / OPENVINO_DIR / OPENVINO_MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        return {
+            "signatures": sorted(manifest["signatures"]),
+            "not_converted": dict(manifest.get("not_converted", {})),
+        }
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return {"signatures": [], "not_converted": {}, "error": f"unreadable {path}: {exc}"}
 
 
 def inspect(path) -> list[dict]:
@@ -82,6 +98,15 @@ def format_inspection(found: list[dict]) -> str:
             f"version {v['version']}: {v['path']} ({v['size_bytes'] / 1e6:.1f} MB, "
             f"warm-up {'yes' if v['warmup'] else 'no'})"
         )
+        ir = v["openvino"]
+        if ir is None:
+            lines.append("  OpenVINO IR: none (the model server runs it on TensorFlow)")
+        else:
+            lines.append(f"  OpenVINO IR: {', '.join(ir['signatures']) or 'none'}")
+            for key, reason in ir["not_converted"].items():
+                lines.append(f"    no IR for '{key}': {reason}")
+            if "error" in ir:
+                lines.append(f"    {ir['error']}")
         for key, sig in v["signatures"].items():
             lines.append(f"  signature_def['{key}'] (method {sig['method']}):")
             for part in ("inputs", "outputs"):

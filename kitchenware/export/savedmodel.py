@@ -115,8 +115,13 @@ def export_saved_model(
     version: int | None = None,
     model_name: str = MODEL_NAME,
     tta: str = "none",
+    openvino: bool = True,
 ) -> Path:
-    """Write `model` to BASE/<version>/ and return that folder (`tta`: see kitchenware.training.predict)."""
+    """Write `model` to BASE/<version>/ and return that folder (`tta`: see kitchenware.training.predict).
+
+    `openvino`: add the OpenVINO IR of every signature (kitchenware.export.openvino_ir),
+    which the model server's OpenVINO backend runs; skipped with a warning when the
+    openvino package is missing."""
     import tensorflow as tf
 
     base = Path(base_dir)
@@ -135,4 +140,22 @@ def export_saved_model(
     with staged_dir(target) as staging:
         tf.saved_model.save(module, str(staging), signatures=signatures)
         write_warmup(staging, int(model.input_shape[1]), model_name)
+        if openvino:
+            add_openvino_ir(staging)
     return target
+
+
+def add_openvino_ir(version_dir: Path) -> None:
+    """Convert the version's signatures to IR and say which ones have it."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        print("warning: openvino is not installed: this version has no OpenVINO IR")
+        return
+    from kitchenware.export.openvino_ir import write_ir
+
+    manifest = write_ir(version_dir)
+    for name, reason in manifest["not_converted"].items():
+        print(f"warning: signature {name!r} has no OpenVINO IR ({reason})")
+    if manifest["signatures"]:
+        print(f"OpenVINO IR for signature(s): {', '.join(sorted(manifest['signatures']))}")

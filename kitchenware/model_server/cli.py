@@ -122,6 +122,14 @@ class ModelServerConfig:
     check_config: bool = option(
         False, help="validate the flags and the batching file, print the settings, exit"
     )
+    backend: str = option(
+        "auto",
+        env="MODEL_BACKEND",
+        choices=("auto", "tensorflow", "openvino"),
+        help="runtime: tensorflow (the SavedModel), openvino (the IR the export wrote; no "
+        "TensorFlow imported), auto (OpenVINO when every signature has IR and its self-test "
+        "passes, else TensorFlow)",
+    )
 
     def __post_init__(self) -> None:
         if self.model_base_path is None:
@@ -167,7 +175,13 @@ def run(args) -> int:
     args = config_from_args(args)
     config = batching_config(args)
     if args.check_config:
-        print(json.dumps({"batching": args.batching, **config.__dict__}, indent=2, default=list))
+        print(
+            json.dumps(
+                {"batching": args.batching, "backend": args.backend, **config.__dict__},
+                indent=2,
+                default=list,
+            )
+        )
         return 0
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -196,6 +210,7 @@ def run(args) -> int:
         stats=stats,
         on_change=on_versions_changed,
         warmup_iterations=args.warmup_iterations,
+        backend=args.backend,
     )
 
     def collect() -> dict:
@@ -267,10 +282,11 @@ def run(args) -> int:
     server.start()
     rest = model_server_rest.start(manager, args)
     log.info(
-        "model server listening on %s (model %s, base path %s, batching %s)",
+        "model server listening on %s (model %s, base path %s, backend %s, batching %s)",
         address,
         args.model_name,
         args.model_base_path,
+        ", ".join(f"v{v}: {m.backend}" for v, m in sorted(manager.serving().items())),
         f"max {config.execution_batch_size} rows / {config.batch_timeout_micros} us"
         if args.batching
         else "off",

@@ -30,6 +30,10 @@ log = logging.getLogger("kitchenware.model_server.rest")
 _ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<verb>:\w+)?$")
 
 
+# "VERSION=BACKEND,..." for the served versions, e.g. "1=openvino" (see backends).
+BACKEND_HEADER = "X-Kitchenware-Backend"
+
+
 class RestError(Exception):
     """An answer other than 200: HTTP status and TF Serving's `{"error": ...}` message."""
 
@@ -185,6 +189,10 @@ def _handler(manager, model_name: str, max_body: int):
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            # The body is TF Serving's; which runtime serves each version is a header.
+            backends = ",".join(f"{v}={m.backend}" for v, m in sorted(manager.serving().items()))
+            if backends:
+                self.send_header(BACKEND_HEADER, backends)
             self.end_headers()
             self.wfile.write(data)
 

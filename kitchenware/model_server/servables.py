@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from kitchenware.core.contract import SIGNATURE, versions
-from kitchenware.model_server import warmup
+from kitchenware.model_server import backends, warmup
+from kitchenware.model_server.backends import LoadError
 from kitchenware.model_server.batcher import Batcher, BatchStats
 from kitchenware.model_server.batching_config import BatchingConfig
 from kitchenware.model_server.warmup import WarmupReport
@@ -29,8 +30,17 @@ from kitchenware.serving import proto
 log = logging.getLogger("kitchenware.model_server")
 
 
-class LoadError(Exception):
-    """A version folder that cannot be served (the message says why)."""
+def read_signature_defs(path: Path):
+    """The SignatureDefs stored in PATH/saved_model.pb (protobuf only, no TensorFlow)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    try:
+        saved = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+    except Exception as exc:  # protobuf DecodeError, OSError
+        raise LoadError(f"cannot read {path / 'saved_model.pb'}: {exc}") from None
+    if not saved.meta_graphs:
+        raise LoadError(f"{path}: saved_model.pb holds no MetaGraph")
+    return saved.meta_graphs[0].signature_def
 
 
 @dataclass(frozen=True)
@@ -59,11 +69,8 @@ class Signature:
         )
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Call the TensorFlow function once on whole arrays."""
-        import tensorflow as tf
-
-        result = self._function(**{k: tf.constant(v) for k, v in inputs.items()})
-        return {k: v.numpy() for k, v in result.items()}
+        """Call the backend's function once on whole arrays."""
+        return self._function(**inputs)
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run through the batcher when batching is on (and the batch isn't empty)."""
@@ -98,30 +105,20 @@ class LoadedVersion:
         batching: BatchingConfig | None = None,
         stats: BatchStats | None = None,
         warmup_iterations: int = 1,
+        backend: str = "tensorflow",
     ):
-        import tensorflow as tf
-        from tensorflow.core.protobuf import saved_model_pb2
-
         self.path = Path(path)
         self.version = int(version)
-        try:
-            saved = saved_model_pb2.SavedModel.FromString(
-                (self.path / "saved_model.pb").read_bytes()
-            )
-        except Exception as exc:  # protobuf DecodeError, OSError
-            raise LoadError(f"cannot read {self.path / 'saved_model.pb'}: {exc}") from None
-        if not saved.meta_graphs:
-            raise LoadError(f"{self.path}: saved_model.pb holds no MetaGraph")
-        # What GetModelMetadata answers, exactly as stored (TF Serving does the same).
-        self.signature_defs = saved.meta_graphs[0].signature_def
-        try:
-            loaded = tf.saved_model.load(str(self.path))
-        except Exception as exc:  # TF raises many types for a broken SavedModel
-            raise LoadError(f"tf.saved_model.load({self.path}) failed: {exc}") from None
-        self._loaded = loaded  # keeps variables alive
+        # What GetModelMetadata answers, exactly as stored (TF Serving does the same),
+        # read with protobuf alone: the OpenVINO backend runs without TensorFlow.
+        self.signature_defs = read_signature_defs(self.path)
+        loaded = backends.load(self.path, backend, self.signature_defs)
+        self.backend = loaded.name
+        self.backend_detail = loaded.detail
+        self._loaded = loaded  # keeps variables / compiled models alive
         stats = stats or BatchStats()
         self.signatures: dict[str, Signature] = {}
-        for name, function in loaded.signatures.items():
+        for name, function in loaded.functions.items():
             if name not in self.signature_defs:
                 continue
             self.signatures[name] = Signature(
@@ -164,6 +161,7 @@ class VersionManager:
         stats: BatchStats | None = None,
         on_change: Callable[[VersionManager], None] | None = None,
         warmup_iterations: int = 1,
+        backend: str = "tensorflow",
     ):
         """`on_change(manager)` runs after a load failure or a change of the served versions;
         `warmup_iterations`: how often each warm-up record runs (TF Serving's
@@ -174,6 +172,7 @@ class VersionManager:
         self.batching = batching
         self.stats = stats or BatchStats()
         self.warmup_iterations = int(warmup_iterations)
+        self.backend = backend
         self._on_change = on_change
         self._lock = threading.Lock()
         self._serving: dict[int, LoadedVersion] = {}
@@ -215,6 +214,10 @@ class VersionManager:
             "failed_versions": {str(v): r for v, r in self.failures().items()},
             # file_found false: the version serves without warm-up (as TF Serving does).
             "warmup": {str(v): m.warmup.as_dict() for v, m in sorted(serving.items())},
+            # Which runtime runs each version (--backend; auto decides per version).
+            "backend": {
+                str(v): {"name": m.backend, **m.backend_detail} for v, m in sorted(serving.items())
+            },
         }
 
     # -- polling -----------------------------------------------------------------
@@ -257,6 +260,7 @@ class VersionManager:
                     self.batching,
                     self.stats,
                     self.warmup_iterations,
+                    self.backend,
                 )
             except Exception as exc:
                 reason = str(exc)
@@ -274,7 +278,12 @@ class VersionManager:
                 continue
             with self._lock:
                 self._failures.pop(version, None)
-            log.info("loaded version %d in %.1f s", version, time.monotonic() - started)
+            log.info(
+                "loaded version %d in %.1f s on %s",
+                version,
+                time.monotonic() - started,
+                loaded[version].backend,
+            )
         wanted = [v for v in on_disk if not self._failed(v)][-self.num_versions :]
         new = {v: loaded[v] for v in wanted if v in loaded}
         if not new:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from kitchenware.core.contract import SIGNATURE, WARMUP_FILE
+from kitchenware.model_server.tfrecord import CorruptRecord, read_records
 from kitchenware.serving import proto
 
 log = logging.getLogger("kitchenware.model_server")
@@ -93,15 +94,11 @@ def warm_up(
 
 
 def _records(path: Path):
-    import tensorflow as tf
-
+    """The file's records, read without TensorFlow (the OpenVINO server has none)."""
     try:
-        for record in tf.data.TFRecordDataset(str(path)):
-            yield record.numpy()
-    except tf.errors.DataLossError as exc:
-        raise WarmupError(
-            f"{exc.message}. Please verify your warmup data is in TFRecord format."
-        ) from None
+        yield from read_records(path)
+    except CorruptRecord as exc:
+        raise WarmupError(f"{exc}. Please verify your warmup data is in TFRecord format.") from None
 
 
 def _parse(record: bytes, number: int, path: Path):

@@ -111,7 +111,26 @@ def test_warmup_record_parses_and_runs(tiny_export):
 def test_every_export_writes_a_warmup_record_its_signature_accepts(tiny_run, tmp_path):
     """With test-time augmentation too: the served function changes, the record still fits."""
     model = load_keras_model(tiny_run.best_model)
-    assert_warmup_matches_signature(export_saved_model(model, tmp_path / "m", tta="flip"))
+    version = export_saved_model(model, tmp_path / "m", tta="flip")
+    assert_warmup_matches_signature(version)
+    # The IR is of the TTA function too: the OpenVINO backend answers like TensorFlow.
+    import tensorflow as tf
+
+    from kitchenware.model_server.openvino_runtime import SELF_TEST_ATOL
+    from kitchenware.model_server.servables import LoadedVersion
+
+    pixels = np.random.default_rng(3).integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
+    expected = (
+        tf.saved_model.load(str(version))
+        .signatures["serving_default"](image=tf.constant(pixels))["probabilities"]
+        .numpy()
+    )
+    served = LoadedVersion(version, 1, backend="openvino")
+    try:
+        got = served.signatures["serving_default"].run({"image": pixels})["probabilities"]
+    finally:
+        served.close()
+    np.testing.assert_allclose(got, expected, atol=SELF_TEST_ATOL)
 
 
 @pytest.mark.slow
@@ -150,6 +169,11 @@ def test_inspect_shows_versions_and_signature(tiny_export, capsys):
     found = json.loads(capsys.readouterr().out)
     assert [v["version"] for v in found] == ["1"] and found[0]["warmup"] is True
     assert sorted(found[0]["signatures"]) == ["explain", "serving_default"]
+    assert "OpenVINO IR: explain, serving_default" in text
+    assert found[0]["openvino"] == {
+        "signatures": ["explain", "serving_default"],
+        "not_converted": {},
+    }
 
 
 def test_inspect_rejects_a_folder_without_models(tmp_path, capsys):

@@ -39,9 +39,10 @@ def healthcheck(port: int) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def rest_server(exported_model, tmp_path_factory):
+def rest_server(exported_model, tmp_path_factory, backend):
     port = free_port()
-    with ModelServer(exported_model, tmp_path_factory.mktemp("rest"), rest_port=port) as server:
+    log_dir = tmp_path_factory.mktemp(f"rest-{backend}")
+    with ModelServer(exported_model, log_dir, rest_port=port, backend=backend) as server:
         yield f"http://127.0.0.1:{port}", port, server
 
 

@@ -27,6 +27,9 @@ def serving_python():
 def test_the_serving_tensorflow_answers_the_warmup_like_the_exporting_one(
     serving_python, exported_model
 ):
+    # The export carries an OpenVINO IR in <version>/openvino/: the older TensorFlow
+    # loads the folder regardless (TF Serving reads only the SavedModel's own files).
+    assert (exported_model / "1" / "openvino" / "manifest.json").is_file()
     result = check(exported_model)
     assert result["serving"] == serving_version()
     assert result["export"] != result["serving"]  # the check compares two runtimes

@@ -1,7 +1,7 @@
 """Warm-up of a loaded version follows TF Serving's rules (kitchenware.model_server.warmup).
 
 Each case loads a real exported SavedModel with its warm-up file replaced, in this
-process (LoadedVersion), and one case runs the model server to see a missing file
+process (LoadedVersion), once per backend, and one case runs the model server to see a missing file
 in its log and stats file.
 """
 
@@ -53,40 +53,40 @@ def write_records(version_dir, entries) -> None:
             writer.write(entry if isinstance(entry, bytes) else entry.SerializeToString())
 
 
-def load(version_dir, iterations: int = 1) -> LoadedVersion:
-    model = LoadedVersion(version_dir, 1, warmup_iterations=iterations)
+def load(version_dir, backend: str, iterations: int = 1) -> LoadedVersion:
+    model = LoadedVersion(version_dir, 1, warmup_iterations=iterations, backend=backend)
     model.close()
     return model
 
 
-def test_the_exported_warmup_record_is_replayed_once_per_iteration(version_dir):
-    assert load(version_dir).warmup.as_dict() == {
+def test_the_exported_warmup_record_is_replayed_once_per_iteration(backend, version_dir):
+    assert load(version_dir, backend).warmup.as_dict() == {
         "path": str(version_dir / WARMUP_FILE),
         "file_found": True,
         "records": 2,  # serving_default and explain
         "replays": 2,
     }
-    assert load(version_dir, iterations=3).warmup.replays == 6
+    assert load(version_dir, backend, iterations=3).warmup.replays == 6
 
 
-def test_no_warmup_file_loads_runs_nothing_and_says_so(version_dir, caplog):
+def test_no_warmup_file_loads_runs_nothing_and_says_so(backend, version_dir, caplog):
     (version_dir / WARMUP_FILE).unlink()
     with caplog.at_level(logging.WARNING, logger="kitchenware.model_server"):
-        report = load(version_dir).warmup
+        report = load(version_dir, backend).warmup
     assert (report.file_found, report.records, report.replays) == (False, 0, 0)
     assert f"No warmup data file found at {version_dir / WARMUP_FILE}" in caplog.text
 
 
-def test_at_most_1000_records(version_dir):
+def test_at_most_1000_records(backend, version_dir):
     from tensorflow_serving.apis import prediction_log_pb2
 
     empty = prediction_log_pb2.PredictionLog()  # no log type: counted, not run
     write_records(version_dir, [empty] * (MAX_WARMUP_RECORDS - 1) + [predict_log()])
-    assert load(version_dir).warmup.records == MAX_WARMUP_RECORDS
+    assert load(version_dir, backend).warmup.records == MAX_WARMUP_RECORDS
 
     write_records(version_dir, [empty] * (MAX_WARMUP_RECORDS + 1))
     with pytest.raises(LoadError, match=r"Number of warmup records exceeds the maximum \(1000\)"):
-        load(version_dir)
+        load(version_dir, backend)
 
 
 def classify_log():
@@ -146,25 +146,25 @@ def session_run_log():
     ids=["classify", "regress", "multi-classify", "multi-predict", "session-run",
          "unknown-signature", "wrong-input"],
 )  # fmt: skip
-def test_records_the_signature_cannot_run_fail_the_load(version_dir, make, message):
+def test_records_the_signature_cannot_run_fail_the_load(backend, version_dir, make, message):
     write_records(version_dir, [predict_log(), make()])
     with pytest.raises(LoadError) as info:
-        load(version_dir)
+        load(version_dir, backend)
     assert message in str(info.value)
 
 
-def test_a_file_that_is_not_tfrecord_or_not_prediction_logs_fails(version_dir):
+def test_a_file_that_is_not_tfrecord_or_not_prediction_logs_fails(backend, version_dir):
     (version_dir / WARMUP_FILE).write_bytes(b"these bytes are not a TFRecord file at all")
     with pytest.raises(LoadError, match="Please verify your warmup data is in TFRecord format"):
-        load(version_dir)
+        load(version_dir, backend)
     write_records(version_dir, [predict_log(), b"\xff\xff\xff\xff"])
     with pytest.raises(LoadError, match="Failed to parse warmup record 2"):
-        load(version_dir)
+        load(version_dir, backend)
 
 
-def test_the_server_reports_a_missing_warmup_file(version_dir, tmp_path):
+def test_the_server_reports_a_missing_warmup_file(backend, version_dir, tmp_path):
     (version_dir / WARMUP_FILE).unlink()
-    with ModelServer(version_dir.parent, tmp_path, batching=False) as server:
+    with ModelServer(version_dir.parent, tmp_path, batching=False, backend=backend) as server:
         stats = server.wait_stats(lambda s: s.get("serving_versions") == [1])
         assert stats["warmup"]["1"]["file_found"] is False
         assert "No warmup data file found at" in server.log()

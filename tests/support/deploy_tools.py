@@ -201,15 +201,18 @@ def dockerfile_args(path: Path) -> dict[str, str]:
     return args
 
 
-def dockerfile_copies(path: Path, last_stage_only: bool = False) -> list[tuple[list[str], str]]:
-    """(sources, destination) of every COPY from the build context (no --from)."""
+def dockerfile_copies(
+    path: Path, last_stage_only: bool = False, from_stages: bool = False
+) -> list[tuple[list[str], str]]:
+    """(sources, destination) of every COPY from the build context (and, with
+    `from_stages`, from earlier stages: COPY --from=...)."""
     instructions = dockerfile_instructions(path)
     if last_stage_only:
         instructions = final_stage(instructions)
     copies = []
     for rest in (rest for key, rest in instructions if key == "COPY"):
         tokens = shlex.split(rest)
-        if any(token.startswith("--from") for token in tokens):
+        if any(token.startswith("--from") for token in tokens) and not from_stages:
             continue
         tokens = [token for token in tokens if not token.startswith("--")]
         copies.append((tokens[:-1], tokens[-1]))
