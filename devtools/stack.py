@@ -309,8 +309,9 @@ PROXY_DIR = REPO / "proxy"
 PROXY_TEMPLATE = PROXY_DIR / "nginx.conf.template"
 PROXY_ERRORS = PROXY_DIR / "json-errors.conf"
 _TEMPLATE_NAME = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
-# What the proxy keeps free for probes out of gunicorn's workers x threads.
-PROBE_RESERVE_THREADS = 2
+# What the proxy keeps free for probes out of gunicorn's workers x threads: one
+# public-port probe and two of kubelet's (proxy/nginx.conf.template's upstreams).
+PROBE_RESERVE_THREADS = 3
 
 
 def proxy_settings(env: dict[str, str], *, workers: int, threads: int) -> dict[str, str]:
