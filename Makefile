@@ -44,10 +44,12 @@ $(GW_VENV)/bin/.installed: pyproject.toml requirements/gateway.txt
 gateway-venv: $(GW_VENV)/bin/.installed
 
 # Debian packages some tests drive for real (headless Chromium, docker-compose's
-# offline config check). Installed only when missing, and only as root.
+# offline config check, nginx in front of every test gateway). Installed only when
+# missing, and only as root.
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null || missing="$$missing nginx-light"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -136,6 +138,7 @@ MODEL_VERSION ?= 1
 IMAGE_TAG ?= $(MODEL_VERSION)
 MODEL_IMAGE := kitchenware-model
 GATEWAY_IMAGE := kitchenware-gateway
+PROXY_IMAGE := kitchenware-proxy
 KIND_CLUSTER := kitchenware
 KIND_CONTEXT := kind-$(KIND_CLUSTER)
 KIND_URL := http://localhost:8080
@@ -174,10 +177,11 @@ need-aws:
 model-check:
 	@test -f models/kitchenware/$(MODEL_VERSION)/saved_model.pb || { echo "make $(MAKECMDGOALS): no exported model in models/kitchenware/$(MODEL_VERSION)/; run: kitchenware export --model runs/latest/best.keras --out models/kitchenware --version $(MODEL_VERSION)" >&2; exit 1; }
 
-# Both images, tagged IMAGE_TAG (default: the model version).
+# The three images, tagged IMAGE_TAG (default: the model version).
 images: need-docker model-check
 	docker build -f image-model.dockerfile --build-arg MODEL_VERSION=$(MODEL_VERSION) -t $(MODEL_IMAGE):$(IMAGE_TAG) .
 	docker build -f image-gateway.dockerfile --build-arg TFS_API=$(TFS_API) -t $(GATEWAY_IMAGE):$(IMAGE_TAG) .
+	docker build -f image-proxy.dockerfile -t $(PROXY_IMAGE):$(IMAGE_TAG) .
 
 # Synthetic photos for the smoke tests, drawn with the TensorFlow-free gateway venv.
 smoke-images: gateway-venv
@@ -226,7 +230,7 @@ kind-up: need-docker need-kind need-kubectl
 	  -p '[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--kubelet-insecure-tls"}]'
 
 kind-load: need-kind images
-	kind load docker-image $(MODEL_IMAGE):$(IMAGE_TAG) $(GATEWAY_IMAGE):$(IMAGE_TAG) --name $(KIND_CLUSTER)
+	kind load docker-image $(MODEL_IMAGE):$(IMAGE_TAG) $(GATEWAY_IMAGE):$(IMAGE_TAG) $(PROXY_IMAGE):$(IMAGE_TAG) --name $(KIND_CLUSTER)
 
 kind-deploy: need-kubectl
 	set -o pipefail; kubectl kustomize kube-config/overlays/kind \
@@ -244,12 +248,12 @@ kind-down: need-kind
 
 # COSTS MONEY from here on: see docu/deploy.md, and finish with `make eks-down`.
 ecr-push: need-aws need-docker images
-	@for repo in $(MODEL_IMAGE) $(GATEWAY_IMAGE); do \
+	@for repo in $(MODEL_IMAGE) $(GATEWAY_IMAGE) $(PROXY_IMAGE); do \
 	  aws ecr describe-repositories --region $(AWS_REGION) --repository-names $$repo >/dev/null 2>&1 \
 	  || aws ecr create-repository --region $(AWS_REGION) --repository-name $$repo >/dev/null || exit 1; \
 	done
 	aws ecr get-login-password --region $(AWS_REGION) | docker login --username AWS --password-stdin $(ECR_REGISTRY)
-	for image in $(MODEL_IMAGE) $(GATEWAY_IMAGE); do \
+	for image in $(MODEL_IMAGE) $(GATEWAY_IMAGE) $(PROXY_IMAGE); do \
 	  docker tag $$image:$(IMAGE_TAG) $(ECR_REGISTRY)/$$image:$(IMAGE_TAG) \
 	  && docker push $(ECR_REGISTRY)/$$image:$(IMAGE_TAG) || exit 1; \
 	done

@@ -328,7 +328,9 @@ def proxy_settings(env: dict[str, str], *, workers: int, threads: int) -> dict[s
         "PROXY_HEADER_TIMEOUT": "10",
         "PROXY_BODY_TIMEOUT": "30",
     }
-    values.update({k: v for k, v in env.items() if k == "MAX_REQUEST_BYTES" or k.startswith("PROXY_")})
+    values.update(
+        {k: v for k, v in env.items() if k == "MAX_REQUEST_BYTES" or k.startswith("PROXY_")}
+    )
     return values
 
 
@@ -439,8 +441,14 @@ class Gateway:
                  python: str | None = None, pythonpath: Sequence[str | os.PathLike] = (),
                  own_session: bool = False, proxy: bool = True) -> None:  # fmt: skip
         self.gunicorn = Gunicorn(
-            log_dir, env, port=None if proxy else port, host="127.0.0.1" if proxy else host,
-            workers=workers, threads=threads, python=python, pythonpath=pythonpath,
+            log_dir,
+            env,
+            port=None if proxy else port,
+            host="127.0.0.1" if proxy else host,
+            workers=workers,
+            threads=threads,
+            python=python,
+            pythonpath=pythonpath,
             own_session=own_session,
         )
         self.proxy = None

@@ -4,7 +4,9 @@
 # (upper case, in braces) in the template must be set; the run stops with one line naming any that is not.
 # devtools/stack.py renders the same template the same way for tests.
 set -eu
-template=/etc/kitchenware-proxy/nginx.conf.template
+# PROXY_TEMPLATE_DIR: where the image puts proxy/ (tests point it at the checkout).
+template_dir=${PROXY_TEMPLATE_DIR:-/etc/kitchenware-proxy}
+template=$template_dir/nginx.conf.template
 names=$(grep -o '\${[A-Z_][A-Z0-9_]*}' "$template" | sort -u | tr -d '${}')
 missing=""
 for name in $names; do
@@ -17,5 +19,5 @@ if [ -n "$missing" ]; then
 fi
 mkdir -p "$PROXY_RUN_DIR"
 envsubst "$(printf '${%s} ' $names)" <"$template" >"$PROXY_RUN_DIR/nginx.conf"
-cp /etc/kitchenware-proxy/json-errors.conf "$PROXY_RUN_DIR/json-errors.conf"
+cp "$template_dir/json-errors.conf" "$PROXY_RUN_DIR/json-errors.conf"
 exec nginx -e stderr -p "$PROXY_RUN_DIR" -c "$PROXY_RUN_DIR/nginx.conf" -g 'daemon off;'

@@ -101,13 +101,19 @@ def test_gateway_settings_accept_the_deployed_values(monkeypatch):
         settings = Settings.from_env(env)
         assert settings.model_name == "kitchenware"
         assert settings.tf_serving_host.endswith(f":{GRPC_PORT}")
+    binds = []
     for env in (deployment_env, compose_env):
+        monkeypatch.delenv("GUNICORN_BIND", raising=False)  # set by the first only
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp/not-created")
         conf = runpy.run_path(str(REPO / "gunicorn.conf.py"))
-        assert conf["bind"] == f"0.0.0.0:{GATEWAY_PORT}"
         assert conf["workers"] == int(env["GUNICORN_WORKERS"])
+        assert conf["worker_class"] == "gthread"
+        binds.append(conf["bind"])
+    # Kubernetes: the pod's loopback, where only the proxy beside it connects.
+    assert binds[0] == "127.0.0.1:8000"
+    assert binds[1] == "0.0.0.0:8000"  # compose: the network, but the port is not published
 
 
 def test_gateway_balances_grpc_over_the_headless_model_service():

@@ -121,7 +121,9 @@ def test_a_full_queue_is_shed_with_fast_503s(model_server, sample_photos, tmp_pa
             started = time.monotonic()
             shed = [post_photo(gateway.url, photo, timeout=PROBE_TIMEOUT_S) for _ in range(4)]
             shed_s = time.monotonic() - started
-            health = requests.get(gateway.probe_url + "/healthz", timeout=PROBE_ANSWER_S).status_code
+            health = requests.get(
+                gateway.probe_url + "/healthz", timeout=PROBE_ANSWER_S
+            ).status_code
             server.proc.send_signal(signal.SIGCONT)
             held = [f.result().status_code for f in hanging]
     assert [r.status_code for r in shed] == [503] * 4
@@ -263,7 +265,9 @@ def test_a_body_trickled_byte_by_byte_holds_no_gunicorn_thread(tmp_path):
                 headers={"Content-Type": "image/jpeg"}).status_code, range(5)))  # fmt: skip
             took = time.monotonic() - started
         still_open = sum(c.thread.is_alive() for c in clients)
-    print(f"\n/healthz {health}; 5 /predict {statuses} in {took:.2f} s; {still_open} tricklers open")
+    print(
+        f"\n/healthz {health}; 5 /predict {statuses} in {took:.2f} s; {still_open} tricklers open"
+    )
     assert health == [200] * PROBES
     assert statuses == [415] * 5  # read and refused by the app (not a photo), promptly
     assert took < GRPC_TIMEOUT_S + 2
