@@ -15,7 +15,6 @@ import urllib.request
 
 import pytest
 from support.deploy_tools import base_docs, compose, containers, env_of
-from support.paths import REPO
 
 from devtools.stack import (
     PROBE_RESERVE_THREADS,
