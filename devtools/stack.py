@@ -118,6 +118,7 @@ class Process:
         self.log_path = None if log_dir is None else Path(log_dir) / f"{name}.log"
         # A session of its own: a terminal's Ctrl-C reaches only the parent, which stops it.
         self.own_session = own_session
+        self.cwd = REPO
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Process:
@@ -131,7 +132,7 @@ class Process:
 
     def _popen(self, log) -> None:
         self.proc = subprocess.Popen(
-            self.argv, cwd=REPO, env=self.env, stdout=log,
+            self.argv, cwd=self.cwd, env=self.env, stdout=log,
             stderr=None if log is None else subprocess.STDOUT, start_new_session=self.own_session,
         )  # fmt: skip
 
@@ -397,7 +398,7 @@ class Gunicorn(Process):
     def __init__(self, log_dir: Path | None, env: dict[str, str], *, port: int | None = None,
                  host: str = "127.0.0.1", workers: int = 1, threads: int = 4,
                  python: str | None = None, pythonpath: Sequence[str | os.PathLike] = (),
-                 own_session: bool = False) -> None:  # fmt: skip
+                 own_session: bool = False, checkout: Path = REPO) -> None:  # fmt: skip
         self.port = port or free_port()
         self.workers, self.threads = workers, threads
         self.python = python or gateway_python()
@@ -406,13 +407,15 @@ class Gunicorn(Process):
             k: v for k, v in os.environ.items() if not k.startswith(("PROMETHEUS", "GUNICORN"))
         }
         full_env.update(
-            PYTHONPATH=_pythonpath(pythonpath),
+            PYTHONPATH=os.pathsep.join([str(checkout), _pythonpath(pythonpath)]),
             GUNICORN_BIND=f"{host}:{self.port}",
             GUNICORN_WORKERS=str(workers),
             GUNICORN_THREADS=str(threads),
             **env,
         )
         super().__init__(f"gunicorn-{self.port}", argv, full_env, log_dir, own_session)
+        # Another checkout's gateway.py and gunicorn.conf.py (before/after comparisons).
+        self.cwd = Path(checkout)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def worker_pids(self) -> list[int]:
@@ -439,7 +442,8 @@ class Gateway:
     def __init__(self, log_dir: Path | None, env: dict[str, str], *, port: int | None = None,
                  host: str = "127.0.0.1", workers: int = 1, threads: int = 4,
                  python: str | None = None, pythonpath: Sequence[str | os.PathLike] = (),
-                 own_session: bool = False, proxy: bool = True) -> None:  # fmt: skip
+                 own_session: bool = False, proxy: bool = True,
+                 checkout: Path = REPO) -> None:  # fmt: skip
         self.gunicorn = Gunicorn(
             log_dir,
             env,
@@ -450,6 +454,7 @@ class Gateway:
             python=python,
             pythonpath=pythonpath,
             own_session=own_session,
+            checkout=checkout,
         )
         self.proxy = None
         if proxy:

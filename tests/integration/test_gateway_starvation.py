@@ -50,7 +50,7 @@ def probe_answers(url: str, path: str, timeout: float = PROBE_ANSWER_S) -> list[
 
 def proxy_log_statuses(gateway) -> list[int]:
     """The status of each request in the proxy's JSON access log."""
-    return [json.loads(line)["status"] for line in gateway.proxy.log().splitlines()
+    return [json.loads(line)["status"] for line in gateway.proxy.log_path.read_text().splitlines()
             if line.startswith("{")]  # fmt: skip
 
 
