@@ -526,6 +526,12 @@ class Gateway:
         self.stop()
 
 
+GUNICORN_ALONE_NOTE = (
+    "gateway: gunicorn alone, without the nginx proxy every deployment puts in front of it "
+    "(slow clients, overload and oversized requests are handled there: docu/RELIABILITY.md)"
+)
+
+
 class ServingStack:
     """Model server + gunicorn gateway as child processes (a context manager).
 
@@ -549,8 +555,9 @@ class ServingStack:
         self.server = ModelServer(model_base, log_dir, port=grpc_port, rest_port=rest_port,
                                   extra=server_args or [], own_session=True)  # fmt: skip
         env = {"TF_SERVING_HOST": self.server.target, **(gateway_env or {})}
-        self.gateway = Gateway(log_dir, env, port=port, host=host,
-                               workers=workers, own_session=True)  # fmt: skip
+        # gunicorn alone (GUNICORN_ALONE_NOTE): `make serve`, the demo, the benchmarks.
+        self.gateway = Gateway(log_dir, env, port=port, host=host, workers=workers,
+                               own_session=True, proxy=False)  # fmt: skip
         self.url = self.gateway.url
 
     def start(self) -> ServingStack:
