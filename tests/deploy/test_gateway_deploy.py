@@ -15,6 +15,7 @@ from support.deploy_tools import (
     GATEWAY_DOCKERFILE,
     MAKEFILE,
     MODEL_DOCKERFILE,
+    PROXY_DOCKERFILE,
     TENSORFLOW_DISTRIBUTIONS,
     base_docs,
     compose,
@@ -180,7 +181,7 @@ def test_dockerignore_lets_in_exactly_what_the_dockerfiles_copy():
     allowed = [line[1:].rstrip("/") for line in lines if line.startswith("!")]
     for forbidden in ("data", ".venv", ".venv-gateway", "runs", "demo", ".git"):
         assert forbidden not in allowed
-    for dockerfile in (MODEL_DOCKERFILE, GATEWAY_DOCKERFILE):
+    for dockerfile in (MODEL_DOCKERFILE, GATEWAY_DOCKERFILE, PROXY_DOCKERFILE):
         args = dockerfile_args(dockerfile)
         for sources, _ in dockerfile_copies(dockerfile):
             for source in sources:
