@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 TFS_API := tensorflow-serving-api==2.21.0
 DEMO_DIR ?= demo
 # COMMAND:Debian package, installed by `make system-deps` when the command is missing.
-SYSTEM_DEPS := chromium:chromium docker-compose:docker-compose
+SYSTEM_DEPS := chromium:chromium docker-compose:docker-compose nginx:nginx-light
 
 .DEFAULT_GOAL := help
 .PHONY: help venv gateway-venv model-venv system-deps test test-fast lint demo serve quality skew-check \

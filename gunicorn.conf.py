@@ -1,5 +1,9 @@
 """gunicorn settings for the gateway: `gunicorn -c gunicorn.conf.py gateway:app`.
 
+Every deployment runs it behind nginx (proxy/nginx.conf.template), which buffers
+slow clients, bounds the requests passed here below workers x threads and answers
+its own refusals; gunicorn runs its stock gthread worker.
+
 Workers, threads and timeouts come from the environment so compose and
 Kubernetes can tune them without a rebuild. Prometheus runs in multiprocess
 mode: each worker writes its samples to files in PROMETHEUS_MULTIPROC_DIR and
@@ -15,7 +19,6 @@ from pathlib import Path
 # file, and kitchenware is installed wherever the gateway runs (image, venvs).
 from kitchenware.core.errors import KitchenwareError
 from kitchenware.gateway.config import ServerSettings, Settings
-from kitchenware.gateway.connections import ConnectionLimits
 
 try:
     _server = ServerSettings.from_env()  # PORT, GUNICORN_BIND, GUNICORN_WORKERS, ...
@@ -24,14 +27,29 @@ except KitchenwareError as exc:
 
 bind = _server.address
 workers = _server.workers
-# gthread (a worker waiting on a URL download or the model server still serves its
-# other threads) whose answers to requests gunicorn itself refuses are JSON too.
-worker_class = "kitchenware.gateway.worker.JsonErrorWorker"
+# gthread: a worker waiting on a URL download or the model server still serves its
+# other threads.
+worker_class = "gthread"
 threads = _server.threads
+# A worker whose threads are all busy accepts no more connections, so the kernel hands
+# the next one (a probe, in the threads the proxy keeps free) to a worker with a free
+# thread instead of queueing it behind busy ones.
+worker_connections = threads
 timeout = _server.timeout
 graceful_timeout = _server.graceful_timeout
-keepalive = 5
+# The proxy asks for `Connection: close`; no connection waits here between requests.
+keepalive = 0
+# The proxy refuses oversized request lines and heads first (414/431 in JSON); these
+# are set above its limits so gunicorn never answers one of its own HTML error pages.
+limit_request_line = 0
+limit_request_fields = 32768
+limit_request_field_size = 0
+# X-Forwarded-For/-Proto are honoured from these addresses only (gunicorn's own
+# FORWARDED_ALLOW_IPS variable; default: the proxy beside it on 127.0.0.1).
+forwarded_allow_ips = _server.forwarded_allow_ips
 accesslog = "-"
+# The client's address as the proxy saw it comes first.
+access_log_format = '%({x-forwarded-for}i)s via %(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 errorlog = "-"
 loglevel = _server.log_level
 # gunicorn >= 24 opens a control socket at one fixed path per user; several gateways
@@ -50,7 +68,6 @@ def on_starting(server):
     """Fail fast, with one clear line, on bad settings; start metrics from zero."""
     try:
         Settings.from_env()
-        ConnectionLimits.from_env()  # the worker's deadlines and queue bound
     except KitchenwareError as exc:
         server.log.error("gateway configuration error: %s", exc)
         raise SystemExit(f"gateway configuration error: {exc}") from None

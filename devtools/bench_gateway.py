@@ -116,7 +116,7 @@ def e2e_and_memory(
             for _ in range(5):
                 session.post(stack.url + "/predict", files={"file": ("big.jpg", big)})
             rss = {pid: (rss_kb(pid), peak_rss_kb(pid)) for pid in stack.gateway.worker_pids()}
-            gateway_python = stack.gateway.python
+            gateway_python = stack.gateway.gunicorn.python
         result: dict = {}
         if do_e2e:
             result["e2e"] = {

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from devtools.stack import ServingStack, gateway_python_note
+from devtools.stack import GUNICORN_ALONE_NOTE, ServingStack, gateway_python_note
 from kitchenware.cli import main as kitchenware
 
 
@@ -100,7 +100,8 @@ def serve_and_classify(demo: Path) -> None:
     logs = demo / "serve-logs"
     shutil.rmtree(logs, ignore_errors=True)
     stack = ServingStack(base, log_dir=logs)
-    print(gateway_python_note(stack.gateway.python), flush=True)
+    print(gateway_python_note(stack.gateway.gunicorn.python), flush=True)
+    print(GUNICORN_ALONE_NOTE, flush=True)
     with stack:
         print(f"model server + gateway starting (logs: {logs}/) ...", flush=True)
         stack.wait_ready()

@@ -21,18 +21,22 @@ from devtools.docker_sandbox import Sandbox, SandboxError
 from devtools.stack import REPO
 
 STAND_IN_BASE = "kitchenware/python-base:3.11-bookworm"
+STAND_IN_NGINX = "kitchenware/nginx-base:bookworm"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 TF_SERVING_DOCKERFILE = "image-model.dockerfile"
 PYTHON_MODEL_DOCKERFILE = "image-model-python.dockerfile"
 GATEWAY_DOCKERFILE = "image-gateway.dockerfile"
+PROXY_DOCKERFILE = "image-proxy.dockerfile"
 
 
 @dataclass
 class BuiltImages:
     model: str
     gateway: str
+    proxy: str
     model_dockerfile: str
     python_image: str
+    nginx_image: str
     seconds: dict[str, float] = field(default_factory=dict)
     sizes_mb: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -82,6 +86,42 @@ def stand_in_base(box: Sandbox, tag: str = STAND_IN_BASE, log=print) -> str:
         )  # fmt: skip
     log(f"images: {tag} made in {time.monotonic() - started:.0f} s")
     return tag
+
+
+def stand_in_nginx(box: Sandbox, tag: str = STAND_IN_NGINX, log=print) -> str:
+    """Debian bookworm's nginx (+ envsubst, curl) as `tag`, where the official image cannot be
+    pulled: the same binary paths, a different nginx version (1.22, the config needs no newer)."""
+    if box.image_exists(tag):
+        return tag
+    log(f"images: making the stand-in {tag} with mmdebstrap (the nginx image cannot be pulled)")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="kitchenware-nginx-") as tmp:
+        rootfs = Path(tmp) / "rootfs.tar"
+        hooks = [
+            'rm -f "$1"/etc/nginx/sites-enabled/*',
+            'rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/usr/share/doc/* "$1"/usr/share/man/*',
+        ]
+        argv = ["mmdebstrap", "--quiet", "--variant=minbase",
+                "--include=nginx-light,gettext-base,curl,ca-certificates"]  # fmt: skip
+        argv += [f"--customize-hook={hook}" for hook in hooks]
+        argv += ["bookworm", str(rootfs)]
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode:
+            raise SandboxError(f"mmdebstrap failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        box.docker("import", "--change", 'CMD ["nginx", "-g", "daemon off;"]', str(rootfs), tag,
+                   capture_output=True, text=True)  # fmt: skip
+    log(f"images: {tag} made in {time.monotonic() - started:.0f} s")
+    return tag
+
+
+def nginx_image(box: Sandbox, log=print) -> str:
+    """The proxy's base: the Dockerfile's pinned official image, or the stand-in."""
+    default = dockerfile_arg(PROXY_DOCKERFILE, "NGINX_IMAGE")
+    if box.image_exists(default):
+        return default
+    if box.docker("pull", default, check=False, capture_output=True).returncode == 0:
+        return default
+    return stand_in_nginx(box, log=log)
 
 
 def model_dockerfile(box: Sandbox) -> tuple[str, str]:
@@ -136,14 +176,17 @@ def build_stack(
     """Both images of the compose stack, tagged like docker-compose.yaml names them."""
     started = time.monotonic()
     base = python_image(box, log=log)
+    nginx = nginx_image(box, log=log)
     base_seconds = time.monotonic() - started
     dockerfile, why = model_dockerfile(box)
     log(f"images: model image from {dockerfile}: {why}")
     built = BuiltImages(
         model=f"kitchenware-model:{tag}",
         gateway=f"kitchenware-gateway:{tag}",
+        proxy=f"kitchenware-proxy:{tag}",
         model_dockerfile=dockerfile,
         python_image=base,
+        nginx_image=nginx,
         notes=[why],
     )
     built.seconds["base"] = base_seconds
@@ -151,13 +194,16 @@ def build_stack(
     if dockerfile == PYTHON_MODEL_DOCKERFILE:
         model_args["PYTHON_IMAGE"] = base
     jobs = [("model", dockerfile, built.model, model_args),
-            ("gateway", GATEWAY_DOCKERFILE, built.gateway, {"PYTHON_IMAGE": base})]  # fmt: skip
+            ("gateway", GATEWAY_DOCKERFILE, built.gateway, {"PYTHON_IMAGE": base}),
+            ("proxy", PROXY_DOCKERFILE, built.proxy, {"NGINX_IMAGE": nginx})]  # fmt: skip
     # The legacy builder's images run; BuildKit proves the same files build there too
     # (no `# syntax=` frontend to pull, no `COPY --chmod`).
     for buildkit in (False, True):
         for name, file, image, args in jobs:
             key, image = (f"{name}_buildkit", f"{image}-buildkit") if buildkit else (name, image)
             built.seconds[key] = build(box, file, image, args, log=log, buildkit=buildkit)
-    for name, image in (("model", built.model), ("gateway", built.gateway), ("base", base)):
+    images = (("model", built.model), ("gateway", built.gateway), ("proxy", built.proxy),
+              ("base", base))  # fmt: skip
+    for name, image in images:
         built.sizes_mb[name] = image_size_mb(box, image)
     return built

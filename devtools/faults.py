@@ -71,8 +71,10 @@ class FaultStack:
             "ALLOW_PRIVATE_URLS": "true",
             "URL_FETCH_TIMEOUT": str(fetch_timeout),
         }
+        # gunicorn alone: these scenarios measure the gateway and model server behind
+        # it (a killed worker, a dead model); nginx would turn lost requests into 502s.
         self.gateway = Gateway(self.workdir, env, workers=workers, threads=threads,
-                               pythonpath=gateway_pythonpath)  # fmt: skip
+                               pythonpath=gateway_pythonpath, proxy=False)  # fmt: skip
         self.workers = workers
         self.threads = threads
         self.fetch_timeout = fetch_timeout

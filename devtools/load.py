@@ -218,7 +218,10 @@ class Stack:
                                   batching=not args.no_batching)  # fmt: skip
         env = {"TF_SERVING_HOST": self.server.target, "GRPC_TIMEOUT": str(args.grpc_timeout)}
         env.update(gateway_env or {})
-        self.gateway = Gateway(workdir, env, workers=args.workers, threads=args.threads)
+        # gunicorn alone, so the figures stay comparable with the earlier runs in
+        # docu/BENCHMARKS.md (behind nginx, clients past workers x threads - 3 get 503s).
+        self.gateway = Gateway(workdir, env, workers=args.workers, threads=args.threads,
+                               proxy=False)  # fmt: skip
         self.url = self.gateway.url
 
     def __enter__(self) -> Stack:

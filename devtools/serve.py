@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from devtools.stack import ServingStack, gateway_python_note
+from devtools.stack import GUNICORN_ALONE_NOTE, ServingStack, gateway_python_note
 from kitchenware.core.contract import GATEWAY_PORT, GRPC_PORT, REST_PORT, versions
 from kitchenware.core.errors import KitchenwareError
 
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         if not versions(base):
             base = demo_model(args.demo_dir)
         stack = ServingStack(base, args.port, args.grpc_port, REST_PORT, args.host, args.workers)
-        print(f"serve: {gateway_python_note(stack.gateway.python)}", flush=True)
+        print(f"serve: {gateway_python_note(stack.gateway.gunicorn.python)}", flush=True)
+        print(f"serve: {GUNICORN_ALONE_NOTE}", flush=True)
         with stack:
             print(f"serve: model server on 127.0.0.1:{args.grpc_port} serving {base} "
                   f"(versions {versions(base)}); waiting until ready ...", flush=True)  # fmt: skip

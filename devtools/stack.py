@@ -16,10 +16,13 @@ import functools
 import http.server
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -117,6 +120,7 @@ class Process:
         self.log_path = None if log_dir is None else Path(log_dir) / f"{name}.log"
         # A session of its own: a terminal's Ctrl-C reaches only the parent, which stops it.
         self.own_session = own_session
+        self.cwd = REPO
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Process:
@@ -130,7 +134,7 @@ class Process:
 
     def _popen(self, log) -> None:
         self.proc = subprocess.Popen(
-            self.argv, cwd=REPO, env=self.env, stdout=log,
+            self.argv, cwd=self.cwd, env=self.env, stdout=log,
             stderr=None if log is None else subprocess.STDOUT, start_new_session=self.own_session,
         )  # fmt: skip
 
@@ -323,8 +327,90 @@ def gateway_python_note(python: str) -> str:
     )
 
 
-class Gateway(Process):
-    """The gateway under gunicorn (gunicorn.conf.py), configured by `env` like a deployment.
+PROXY_DIR = REPO / "proxy"
+PROXY_TEMPLATE = PROXY_DIR / "nginx.conf.template"
+PROXY_ERRORS = PROXY_DIR / "json-errors.conf"
+_TEMPLATE_NAME = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+# What the proxy keeps free for probes out of gunicorn's workers x threads: one
+# public-port probe and two of kubelet's (proxy/nginx.conf.template's upstreams).
+PROBE_RESERVE_THREADS = 3
+
+
+def proxy_settings(env: dict[str, str], *, workers: int, threads: int) -> dict[str, str]:
+    """The proxy's template values for a gateway of `workers` x `threads`, `env` winning.
+
+    MAX_REQUEST_BYTES defaults to the gateway's own default (one number for both); the
+    upstream bound leaves PROBE_RESERVE_THREADS threads free (at least one request passes).
+    """
+    from kitchenware.gateway.config import Settings
+
+    values = {
+        "MAX_REQUEST_BYTES": str(Settings().max_request_bytes),
+        "PROXY_UPSTREAM_CONNS": str(max(1, workers * threads - PROBE_RESERVE_THREADS)),
+        "PROXY_HEADER_TIMEOUT": "10",
+        "PROXY_BODY_TIMEOUT": "30",
+    }
+    values.update(
+        {k: v for k, v in env.items() if k == "MAX_REQUEST_BYTES" or k.startswith("PROXY_")}
+    )
+    return values
+
+
+def render_proxy_config(values: dict[str, str]) -> str:
+    """proxy/nginx.conf.template with every ${NAME} replaced, as proxy/render.sh does."""
+    template = PROXY_TEMPLATE.read_text()
+    missing = sorted({name for name in _TEMPLATE_NAME.findall(template) if not values.get(name)})
+    if missing:
+        raise StackError(f"proxy: configuration error: set {' '.join(missing)}")
+    return _TEMPLATE_NAME.sub(lambda m: values[m.group(1)], template)
+
+
+def nginx_binary() -> str:
+    """Debian installs nginx in /usr/sbin, which a user's PATH may lack."""
+    found = shutil.which("nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
+    if not found:
+        raise StackError("nginx is not installed: `make system-deps` installs nginx-light")
+    return found
+
+
+class Proxy(Process):
+    """nginx on 127.0.0.1 with the deployments' config, in front of gunicorn at `upstream`.
+
+    Rendered into a folder of its own under `log_dir` (a temporary one without):
+    config, pid, request-body buffers and the overload socket. Its access log
+    (one JSON line per request, docu/RELIABILITY.md) is this process's log.
+    """
+
+    def __init__(self, log_dir: Path | None, *, upstream: str, settings: dict[str, str],
+                 port: int | None = None, probe_port: int | None = None,
+                 own_session: bool = False) -> None:  # fmt: skip
+        self.port = port or free_port()
+        self.probe_port = probe_port or free_port()
+        base = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="kw-proxy-"))
+        self.run_dir = base / f"proxy-{self.port}"
+        self.values = dict(settings, PROXY_RUN_DIR=str(self.run_dir), GATEWAY_UPSTREAM=upstream,
+                           PROXY_PORT=f"127.0.0.1:{self.port}",
+                           PROXY_PROBE_PORT=f"127.0.0.1:{self.probe_port}")  # fmt: skip
+        config = self.run_dir / "nginx.conf"
+        argv = [nginx_binary(), "-e", "stderr", "-p", str(self.run_dir), "-c", str(config),
+                "-g", "daemon off;" + (" user root root;" if os.geteuid() == 0 else "")]  # fmt: skip
+        # As root (containers, CI), nginx would run its worker as `nobody`, which cannot
+        # write request bodies into a test's private folder: the worker keeps our user.
+        super().__init__(f"proxy-{self.port}", argv, dict(os.environ), log_dir, own_session)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.probe_url = f"http://127.0.0.1:{self.probe_port}"
+
+    def start(self) -> Proxy:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "nginx.conf").write_text(render_proxy_config(self.values))
+        shutil.copyfile(PROXY_ERRORS, self.run_dir / "json-errors.conf")
+        (self.run_dir / "overloaded.sock").unlink(missing_ok=True)
+        super().start()
+        return self
+
+
+class Gunicorn(Process):
+    """gunicorn alone (gunicorn.conf.py, stock gthread worker), configured by `env`.
 
     PROMETHEUS_* and GUNICORN_* settings of this process are not inherited. `pythonpath`
     entries go after the checkout (tests add a sitecustomize that guards connections).
@@ -333,34 +419,106 @@ class Gateway(Process):
     def __init__(self, log_dir: Path | None, env: dict[str, str], *, port: int | None = None,
                  host: str = "127.0.0.1", workers: int = 1, threads: int = 4,
                  python: str | None = None, pythonpath: Sequence[str | os.PathLike] = (),
-                 own_session: bool = False) -> None:  # fmt: skip
+                 own_session: bool = False, checkout: Path = REPO) -> None:  # fmt: skip
         self.port = port or free_port()
+        self.workers, self.threads = workers, threads
         self.python = python or gateway_python()
         argv = [self.python, "-m", "gunicorn", "-c", "gunicorn.conf.py", "gateway:app"]
         full_env = {
             k: v for k, v in os.environ.items() if not k.startswith(("PROMETHEUS", "GUNICORN"))
         }
         full_env.update(
-            PYTHONPATH=_pythonpath(pythonpath),
+            PYTHONPATH=os.pathsep.join([str(checkout), _pythonpath(pythonpath)]),
             GUNICORN_BIND=f"{host}:{self.port}",
             GUNICORN_WORKERS=str(workers),
             GUNICORN_THREADS=str(threads),
             **env,
         )
-        super().__init__(f"gateway-{self.port}", argv, full_env, log_dir, own_session)
+        super().__init__(f"gunicorn-{self.port}", argv, full_env, log_dir, own_session)
+        # Another checkout's gateway.py and gunicorn.conf.py (before/after comparisons).
+        self.cwd = Path(checkout)
         self.url = f"http://127.0.0.1:{self.port}"
+
+    def worker_pids(self) -> list[int]:
+        return children(self.pid)
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+class Gateway:
+    """The gateway as deployed: nginx (proxy/nginx.conf.template) in front of gunicorn.
+
+    `url` and `port` are the proxy's public listener, `probe_url` its kubelet listener,
+    `gunicorn` the process behind it. With `proxy=False`, gunicorn alone on `url`
+    (`make serve`, the demo). `env` configures both, as in a deployment: the proxy reads
+    MAX_REQUEST_BYTES, PROXY_* and the gateway the rest.
+    """
+
+    def __init__(self, log_dir: Path | None, env: dict[str, str], *, port: int | None = None,
+                 host: str = "127.0.0.1", workers: int = 1, threads: int = 4,
+                 python: str | None = None, pythonpath: Sequence[str | os.PathLike] = (),
+                 own_session: bool = False, proxy: bool = True,
+                 checkout: Path = REPO) -> None:  # fmt: skip
+        self.gunicorn = Gunicorn(
+            log_dir,
+            env,
+            port=None if proxy else port,
+            host="127.0.0.1" if proxy else host,
+            workers=workers,
+            threads=threads,
+            python=python,
+            pythonpath=pythonpath,
+            own_session=own_session,
+            checkout=checkout,
+        )
+        self.proxy = None
+        if proxy:
+            settings = proxy_settings(env, workers=workers, threads=threads)
+            self.proxy = Proxy(log_dir, upstream=f"127.0.0.1:{self.gunicorn.port}",
+                               port=port, settings=settings, own_session=own_session)  # fmt: skip
+        front = self.proxy or self.gunicorn
+        self.port = front.port
+        self.url = front.url
+        self.probe_url = self.proxy.probe_url if self.proxy else self.url
+        self.name = front.name
+
+    @property
+    def pid(self) -> int:
+        """gunicorn's master."""
+        return self.gunicorn.pid
+
+    @property
+    def proc(self):
+        return self.gunicorn.proc
+
+    def processes(self) -> list[Process]:
+        return [self.gunicorn] + ([self.proxy] if self.proxy else [])
+
+    def log(self) -> str:
+        """gunicorn's log (the proxy's: `proxy.log()`)."""
+        return self.gunicorn.log()
+
+    def alive(self) -> bool:
+        return all(p.alive() for p in self.processes())
+
+    def check_alive(self) -> None:
+        for process in self.processes():
+            process.check_alive()
 
     def http_status(self, path: str) -> int:
         self.check_alive()
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as response:
-                return response.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
+        return http_status(self.url + path)
 
     def start(self, wait: bool = True, timeout: float = 60.0) -> Gateway:
-        """Start; with `wait`, until /healthz answers 200 (the process serves HTTP)."""
-        super().start()
+        """Start; with `wait`, until /healthz answers 200 through the front (the stack serves)."""
+        for process in self.processes():
+            process.start()
         if wait:
             wait_for(lambda: self.http_status("/healthz") == 200, timeout, f"gateway on {self.url}")
         return self
@@ -371,7 +529,28 @@ class Gateway(Process):
                  f"{self.url}/readyz", interval=0.5)  # fmt: skip
 
     def worker_pids(self) -> list[int]:
-        return children(self.pid)
+        return self.gunicorn.worker_pids()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        """The proxy first (no new requests), then gunicorn; gunicorn's exit code."""
+        if self.proxy:
+            self.proxy.stop(timeout=timeout)
+        return self.gunicorn.stop(sig, timeout)
+
+    def kill(self) -> int | None:
+        return self.stop(signal.SIGKILL)
+
+    def __enter__(self) -> Gateway:
+        return self.start() if not self.alive() else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+GUNICORN_ALONE_NOTE = (
+    "gateway: gunicorn alone, without the nginx proxy every deployment puts in front of it "
+    "(slow clients, overload and oversized requests are handled there: docu/RELIABILITY.md)"
+)
 
 
 class ServingStack:
@@ -399,8 +578,9 @@ class ServingStack:
                                   extra=server_args or [], own_session=True,
                                   backend=backend)  # fmt: skip
         env = {"TF_SERVING_HOST": self.server.target, **(gateway_env or {})}
-        self.gateway = Gateway(log_dir, env, port=port, host=host,
-                               workers=workers, own_session=True)  # fmt: skip
+        # gunicorn alone (GUNICORN_ALONE_NOTE): `make serve`, the demo, the benchmarks.
+        self.gateway = Gateway(log_dir, env, port=port, host=host, workers=workers,
+                               own_session=True, proxy=False)  # fmt: skip
         self.url = self.gateway.url
 
     def start(self) -> ServingStack:

@@ -86,7 +86,7 @@ def draw(out: Path) -> None:
         2.5,
         1.4,
         "Service gateway",
-        ["LoadBalancer 80 -> 9696", "kind: NodePort 30080", "compose: port 9696"],
+        ["LoadBalancer 80 -> 9696", "kind: NodePort 30080", "compose: proxy port 9696"],
     )
     box(
         ax,
@@ -96,10 +96,10 @@ def draw(out: Path) -> None:
         3.2,
         "gateway pods (x2..6)",
         [
-            "gunicorn gateway:app",
+            "nginx :9696 (kubelet :9697)",
+            "-> gunicorn 127.0.0.1:8000",
             "Flask, no TensorFlow",
-            ":9696  /predict  /metrics",
-            "probes: /readyz  /healthz",
+            "/predict  /metrics  /readyz  /healthz",
             "HPA on CPU, PDB minAvailable 1",
             "read-only root, uid 10001",
         ],

@@ -6,6 +6,7 @@ MODEL_VERSION ?= 1
 IMAGE_TAG ?= $(MODEL_VERSION)
 MODEL_IMAGE := kitchenware-model
 GATEWAY_IMAGE := kitchenware-gateway
+PROXY_IMAGE := kitchenware-proxy
 KIND_CLUSTER := kitchenware
 KIND_CONTEXT := kind-$(KIND_CLUSTER)
 KIND_URL := http://localhost:8080
@@ -55,6 +56,7 @@ model-check: ## models/kitchenware/MODEL_VERSION holds an export
 images: need-docker model-check ## build both images, tagged IMAGE_TAG (default: the model version)
 	docker build -f image-model.dockerfile --build-arg MODEL_VERSION=$(MODEL_VERSION) -t $(MODEL_IMAGE):$(IMAGE_TAG) .
 	docker build -f image-gateway.dockerfile --build-arg TFS_API=$(TFS_API) -t $(GATEWAY_IMAGE):$(IMAGE_TAG) .
+	docker build -f image-proxy.dockerfile -t $(PROXY_IMAGE):$(IMAGE_TAG) .
 
 smoke-images: gateway-venv ## a few synthetic photos for the smoke tests (unless TEST_IMAGES is set)
 	@test -n "$(TEST_IMAGES)" || test -d $(DEPLOY_SAMPLE) || $(GW_VENV)/bin/kitchenware sample-data $(DEPLOY_SAMPLE) --per-class 1 --test-per-class 1 >/dev/null
@@ -93,7 +95,7 @@ kind-up: need-docker need-kind need-kubectl ## create the cluster, with metrics-
 	  -p '[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--kubelet-insecure-tls"}]'
 
 kind-load: need-kind images ## build both images and load them into the cluster
-	kind load docker-image $(MODEL_IMAGE):$(IMAGE_TAG) $(GATEWAY_IMAGE):$(IMAGE_TAG) --name $(KIND_CLUSTER)
+	kind load docker-image $(MODEL_IMAGE):$(IMAGE_TAG) $(GATEWAY_IMAGE):$(IMAGE_TAG) $(PROXY_IMAGE):$(IMAGE_TAG) --name $(KIND_CLUSTER)
 
 kind-deploy: need-kubectl ## apply the kind overlay and wait for both rollouts
 	set -o pipefail; kubectl kustomize kube-config/overlays/kind \
@@ -112,7 +114,7 @@ kind-down: need-kind ## delete the cluster
 ##@ AWS EKS (COSTS MONEY: see docu/deploy.md, and finish with `make eks-down`)
 
 ecr-push: need-aws need-docker images ## push both images to ECR (creates the repositories)
-	scripts/ecr-push.sh $(AWS_REGION) $(ECR_REGISTRY) $(IMAGE_TAG) $(MODEL_IMAGE) $(GATEWAY_IMAGE)
+	scripts/ecr-push.sh $(AWS_REGION) $(ECR_REGISTRY) $(IMAGE_TAG) $(MODEL_IMAGE) $(GATEWAY_IMAGE) $(PROXY_IMAGE)
 
 eks-up: need-eksctl need-aws ## create the cluster from eks-config.yaml
 	eksctl create cluster -f eks-config.yaml

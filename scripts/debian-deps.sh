@@ -13,6 +13,8 @@ while [ "${1:-}" != "" ] && [ "${1#--}" != "$1" ]; do
   esac
   shift
 done
+# nginx and other daemons live in /usr/sbin, which a non-login PATH may lack.
+PATH="$PATH:/usr/sbin"
 missing=()
 for pair in "$@"; do
   command -v "${pair%%:*}" >/dev/null || missing+=("${pair##*:}")

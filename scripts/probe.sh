@@ -1,8 +1,9 @@
 #!/bin/sh
 # `make probe`: replay the hostile cases against real processes, inside a network
 # namespace that holds only loopback (root: unshare -n), so nothing can leave the
-# machine whatever the code under test does. Each case prints its figures; pytest's
-# summary lists every case with its outcome.
+# machine whatever the code under test does. Every gateway here is the deployed pair,
+# nginx (proxy/nginx.conf.template) in front of gunicorn, started by devtools.stack.
+# Each case prints its figures; pytest's summary lists every case with its outcome.
 set -eu
 PY=${PY:-.venv/bin/python}
 if [ "${KITCHENWARE_PROBE_NETNS:-}" != 1 ]; then
@@ -20,6 +21,9 @@ run tests/integration/test_model_server.py -k "predict_error_codes or echoed" ||
 run tests/integration/test_gateway_protocol.py || status=1
 # Health under load, load shedding, slow loris (headers and bodies).
 run tests/integration/test_gateway_starvation.py || status=1
+# The hostile replay of 2026-12-06: Expect without body, big trickled heads, idle
+# connections, probe floods, refusals in the proxy's log.
+run tests/integration/test_gateway_hostile.py || status=1
 # The batching worst case under the model server's memory limit.
 run tests/integration/test_model_server_memory.py || status=1
 exit $status

@@ -33,6 +33,7 @@ GUNICORN_THREADS = "GUNICORN_THREADS"
 GUNICORN_TIMEOUT = "GUNICORN_TIMEOUT"
 GUNICORN_GRACEFUL_TIMEOUT = "GUNICORN_GRACEFUL_TIMEOUT"
 GUNICORN_LOG_LEVEL = "GUNICORN_LOG_LEVEL"
+FORWARDED_ALLOW_IPS = "FORWARDED_ALLOW_IPS"  # gunicorn's own variable name
 
 ConfigError = SettingsError  # the name this module has always raised
 
@@ -84,6 +85,8 @@ class ServerSettings:
     log_level: str = option(
         "info", env=GUNICORN_LOG_LEVEL, choices=("debug", "info", "warning", "error", "critical")
     )
+    # Addresses whose X-Forwarded-* headers gunicorn believes: the proxy beside it.
+    forwarded_allow_ips: str = option("127.0.0.1,::1", env=FORWARDED_ALLOW_IPS, nonblank=True)
 
     def __post_init__(self) -> None:
         settings.check_fields(self)

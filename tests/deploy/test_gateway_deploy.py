@@ -15,6 +15,7 @@ from support.deploy_tools import (
     GATEWAY_DOCKERFILE,
     MAKEFILE,
     MODEL_DOCKERFILE,
+    PROXY_DOCKERFILE,
     TENSORFLOW_DISTRIBUTIONS,
     base_docs,
     compose,
@@ -101,13 +102,19 @@ def test_gateway_settings_accept_the_deployed_values(monkeypatch):
         settings = Settings.from_env(env)
         assert settings.model_name == "kitchenware"
         assert settings.tf_serving_host.endswith(f":{GRPC_PORT}")
+    binds = []
     for env in (deployment_env, compose_env):
+        monkeypatch.delenv("GUNICORN_BIND", raising=False)  # set by the first only
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp/not-created")
         conf = runpy.run_path(str(REPO / "gunicorn.conf.py"))
-        assert conf["bind"] == f"0.0.0.0:{GATEWAY_PORT}"
         assert conf["workers"] == int(env["GUNICORN_WORKERS"])
+        assert conf["worker_class"] == "gthread"
+        binds.append(conf["bind"])
+    # Kubernetes: the pod's loopback, where only the proxy beside it connects.
+    assert binds[0] == "127.0.0.1:8000"
+    assert binds[1] == "0.0.0.0:8000"  # compose: the network, but the port is not published
 
 
 def test_gateway_balances_grpc_over_the_headless_model_service():
@@ -174,7 +181,7 @@ def test_dockerignore_lets_in_exactly_what_the_dockerfiles_copy():
     allowed = [line[1:].rstrip("/") for line in lines if line.startswith("!")]
     for forbidden in ("data", ".venv", ".venv-gateway", "runs", "demo", ".git"):
         assert forbidden not in allowed
-    for dockerfile in (MODEL_DOCKERFILE, GATEWAY_DOCKERFILE):
+    for dockerfile in (MODEL_DOCKERFILE, GATEWAY_DOCKERFILE, PROXY_DOCKERFILE):
         args = dockerfile_args(dockerfile)
         for sources, _ in dockerfile_copies(dockerfile):
             for source in sources:

@@ -144,7 +144,9 @@ def test_services_hpas_and_pdbs_point_at_the_deployments():
         target = deployments[service["spec"]["selector"]["app.kubernetes.io/name"]]
         labels = target["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["selector"].items() <= labels.items(), name
-        ports = {p["name"]: p["containerPort"] for c in containers(target) for p in c["ports"]}
+        ports = {
+            p["name"]: p["containerPort"] for c in containers(target) for p in c.get("ports", [])
+        }
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in ports, (
                 f"Service {name}: no container port {port['targetPort']}"
@@ -182,8 +184,8 @@ def test_kind_cluster_maps_the_gateway_node_port_and_pins_the_version():
     assert f"http://localhost:{mapping['hostPort']}" == makefile_variable(DEPLOY_MK, "KIND_URL")
     assert makefile_variable(DEPLOY_MK, "KIND_CLUSTER") == config["name"]
     for name in ("model", "gateway"):
-        (container,) = containers(rendered("kind")[("Deployment", name)])
-        assert container["imagePullPolicy"] == "Never", "kind runs the images `kind load` put there"
+        for container in containers(rendered("kind")[("Deployment", name)]):
+            assert container["imagePullPolicy"] == "Never", "kind runs what `kind load` put there"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -191,15 +193,19 @@ def test_overlay_images_carry_the_placeholders_make_fills_in(overlay):
     makefile = DEPLOY_MK.read_text()
     assert "-e 's|:IMAGE_TAG$$|:$(IMAGE_TAG)|'" in makefile
     assert "-e 's|ECR_REGISTRY/|$(ECR_REGISTRY)/|'" in makefile
-    for name in ("model", "gateway"):
-        (container,) = containers(rendered(overlay)[("Deployment", name)])
-        image, tag = split_image(container["image"])
-        assert tag == "IMAGE_TAG", container["image"]
-        expected = (
-            f"kitchenware-{name}" if overlay == "kind" else f"ECR_REGISTRY/kitchenware-{name}"
-        )
-        assert image == expected
-        assert image.endswith(makefile_variable(DEPLOY_MK, f"{name.upper()}_IMAGE"))
+    seen = []
+    for deployment in ("model", "gateway"):
+        for container in containers(rendered(overlay)[("Deployment", deployment)]):
+            name = container["name"]
+            image, tag = split_image(container["image"])
+            assert tag == "IMAGE_TAG", container["image"]
+            expected = (
+                f"kitchenware-{name}" if overlay == "kind" else f"ECR_REGISTRY/kitchenware-{name}"
+            )
+            assert image == expected
+            assert image.endswith(makefile_variable(DEPLOY_MK, f"{name.upper()}_IMAGE"))
+            seen.append(name)
+    assert seen == ["model", "gateway", "proxy"]
 
 
 def test_eks_node_group_fits_the_measured_memory():
@@ -216,9 +222,9 @@ def test_eks_node_group_fits_the_measured_memory():
     docs = base_docs()
     requested = 0.0
     for name in ("model", "gateway"):
-        (container,) = containers(docs[("Deployment", name)])
-        limit = parse_quantity_gib(container["resources"]["limits"]["memory"])
-        request = parse_quantity_gib(container["resources"]["requests"]["memory"])
+        pod = containers(docs[("Deployment", name)])
+        limit = sum(parse_quantity_gib(c["resources"]["limits"]["memory"]) for c in pod)
+        request = sum(parse_quantity_gib(c["resources"]["requests"]["memory"]) for c in pod)
         assert limit <= allocatable_gib, f"a {name} pod at its limit must fit on one node"
         requested += request * docs[("HorizontalPodAutoscaler", name)]["spec"]["maxReplicas"]
     # Every replica the autoscalers may start fits on the largest node group.

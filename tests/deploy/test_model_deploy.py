@@ -15,6 +15,7 @@ from support.deploy_tools import (
     GATEWAY_DOCKERFILE,
     HEALTHCHECK,
     MODEL_DOCKERFILE,
+    PROXY_DOCKERFILE,
     PYTHON_MODEL_DOCKERFILE,
     base_docs,
     batching_text_fields,
@@ -105,19 +106,27 @@ def test_ports_agree_everywhere():
     assert dockerfile_env(MODEL_DOCKERFILE)["REST_PORT"] == str(REST_PORT)
     assert dockerfile_env(GATEWAY_DOCKERFILE)["PORT"] == str(GATEWAY_PORT)
     services = compose()["services"]
-    assert f"{GATEWAY_PORT}:{GATEWAY_PORT}" in services["gateway"]["ports"]
+    # Clients reach the proxy; gunicorn's port is the proxy's upstream, not published.
+    assert services["proxy"]["ports"] == [f"{GATEWAY_PORT}:{GATEWAY_PORT}"]
+    assert "ports" not in services["gateway"]
     assert services["gateway"]["environment"]["TF_SERVING_HOST"] == f"model:{GRPC_PORT}"
-    assert services["gateway"]["environment"]["PORT"] == str(GATEWAY_PORT)
+    gunicorn_port = services["gateway"]["environment"]["PORT"]
+    assert services["proxy"]["environment"]["GATEWAY_UPSTREAM"] == f"gateway:{gunicorn_port}"
+    assert dockerfile_env(PROXY_DOCKERFILE)["PROXY_PORT"] == str(GATEWAY_PORT)
     docs = base_docs()
     model = containers(docs[("Deployment", "model")])[0]
-    gateway = containers(docs[("Deployment", "gateway")])[0]
+    gateway, proxy = containers(docs[("Deployment", "gateway")])
     assert {p["name"]: p["containerPort"] for p in model["ports"]} == {
         "grpc": GRPC_PORT,
         "rest": REST_PORT,
     }
     assert env_of(model)["REST_PORT"] == str(REST_PORT)
-    assert {p["name"]: p["containerPort"] for p in gateway["ports"]} == {"http": GATEWAY_PORT}
-    assert env_of(gateway)["PORT"] == str(GATEWAY_PORT)
+    assert "ports" not in gateway
+    assert {p["name"]: p["containerPort"] for p in proxy["ports"]} == {
+        "http": GATEWAY_PORT,
+        "probes": int(dockerfile_env(PROXY_DOCKERFILE)["PROXY_PROBE_PORT"]),
+    }
+    assert env_of(proxy)["GATEWAY_UPSTREAM"] == env_of(gateway)["GUNICORN_BIND"]
     assert env_of(gateway)["TF_SERVING_HOST"].endswith(f":{GRPC_PORT}")
     assert model["livenessProbe"]["tcpSocket"]["port"] == "grpc"
     public = docs[("Service", "gateway")]

@@ -59,7 +59,7 @@ def test_model_image_runs_the_tests_openvino_numpy_and_grpc_without_tensorflow()
 
 
 def test_dockerfiles_build_with_the_plain_builder_of_docker_20_10():
-    assert len(DOCKERFILES) == 3
+    assert len(DOCKERFILES) == 4
     for dockerfile in DOCKERFILES:
         # A syntax directive makes BuildKit pull its frontend from a registry.
         assert not dockerfile.read_text().startswith("# syntax="), dockerfile.name
@@ -71,14 +71,19 @@ def test_dockerfiles_build_with_the_plain_builder_of_docker_20_10():
 def test_the_kind_overlay_translates_to_docker_run_field_by_field():
     resources = render_kustomization(KUBE / "overlays" / "kind")
     services = [doc for doc in resources if doc["kind"] == "Service"]
-    images = {"kitchenware-model": "model:t", "kitchenware-gateway": "gateway:t"}
+    images = {"kitchenware-model": "model:t", "kitchenware-gateway": "gateway:t",
+              "kitchenware-proxy": "proxy:t"}  # fmt: skip
     by_name = {}
     for doc in resources:
         if doc["kind"] == "Deployment":
-            (container,) = pod_containers(doc, services, images, "net", 0)
-            by_name[doc["metadata"]["name"]] = container
-    model, gateway = by_name["model"], by_name["gateway"]
-    for container, memory in ((model, "2Gi"), (gateway, "512Mi")):
+            for container in pod_containers(doc, services, images, "net", 0):
+                by_name[container.name] = container
+    model, gateway = by_name["model-0-model"], by_name["gateway-0-gateway"]
+    proxy = by_name["gateway-0-proxy"]
+    # The sidecar shares the gateway container's network namespace, as in a pod.
+    assert ["--network", "container:gateway-0-gateway"] == proxy.run_args[2:4]
+    assert proxy.image == "proxy:t" and proxy.ports == {"http": 9696, "probes": 9697}
+    for container, memory in ((model, "2Gi"), (gateway, "512Mi"), (proxy, "128Mi")):
         args = container.run_args
         assert {"--read-only", "--cap-drop=ALL", "no-new-privileges"} <= set(args)
         assert args[args.index("--user") + 1] == "10001:10001"

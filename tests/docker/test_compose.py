@@ -18,6 +18,7 @@ from support.docker_stack import (
     IMAGE_TAG,
     MODEL_DIR,
     MODEL_VERSION,
+    container_ip,
     container_memory,
     curl,
     inspect,
@@ -32,6 +33,8 @@ from kitchenware.core.labels import CLASSES
 PROJECT = "kwcompose"
 MODEL = f"{PROJECT}_model_1"
 GATEWAY = f"{PROJECT}_gateway_1"
+PROXY = f"{PROJECT}_proxy_1"
+STACK = [MODEL, GATEWAY, PROXY]
 GATEWAY_URL = "http://127.0.0.1:9696"
 COLD_START_LIMIT_S = 240
 
@@ -42,6 +45,7 @@ def compose(sandbox, figures):
     env = box.env(
         MODEL_DOCKERFILE=built.model_dockerfile,
         PYTHON_IMAGE=built.python_image,
+        NGINX_IMAGE=built.nginx_image,
         IMAGE_TAG=IMAGE_TAG,
         MODEL_DIR=MODEL_DIR,
         MODEL_VERSION=str(MODEL_VERSION),
@@ -62,11 +66,11 @@ def compose(sandbox, figures):
     up = compose_cmd("up", "--detach", "--no-build")
     assert up.returncode == 0, up.stderr
     try:
-        cold = wait_healthy(box, [MODEL, GATEWAY], COLD_START_LIMIT_S, started)
+        cold = wait_healthy(box, STACK, COLD_START_LIMIT_S, started)
         figures["compose_cold_start_to_healthy_s"] = cold
         yield box
     finally:
-        save_logs(box, [MODEL, GATEWAY], BUILD / "logs" / "compose")
+        save_logs(box, STACK, BUILD / "logs" / "compose")
         down = compose_cmd("down", "--volumes", "--timeout", "20")
         assert down.returncode == 0, down.stderr
     left = box.output(
@@ -76,7 +80,7 @@ def compose(sandbox, figures):
 
 
 def test_containers_run_as_compose_and_the_images_declare(compose):
-    for name, memory in ((MODEL, 2 * 1024**3), (GATEWAY, 512 * 1024**2)):
+    for name, memory in ((MODEL, 2 * 1024**3), (GATEWAY, 512 * 1024**2), (PROXY, 384 * 1024**2)):
         info = inspect(compose, name)
         assert info["HostConfig"]["ReadonlyRootfs"] is True, name
         assert info["HostConfig"]["Memory"] == memory, name
@@ -147,6 +151,30 @@ def test_refused_url_and_garbage_upload_get_json_errors(compose, tmp_path):
     assert upload.json()["error"]["message"]
 
 
+def test_the_proxy_answers_refusals_in_json_and_its_probe_port_passes_only_probes(
+    compose, tmp_path
+):
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\0" * (50 * 2**20 + 1))  # MAX_REQUEST_BYTES + 1
+    too_large = curl(compose, f"{GATEWAY_URL}/predict", "--data-binary", f"@{big}",
+                     "--header", "Content-Type: image/jpeg")  # fmt: skip
+    assert too_large.status == 413, too_large.body
+    assert too_large.json()["error"]["code"] == "too_large"
+    ip = container_ip(compose, PROXY, f"{PROJECT}_default")
+    assert curl(compose, f"http://{ip}:9697/healthz").status == 200
+    assert curl(compose, f"http://{ip}:9697/readyz").status == 200
+    refused = curl(compose, f"http://{ip}:9697/predict", "--form", f"file=@{big}")
+    assert refused.status in (404, 413) and refused.json()["error"]["code"] in (
+        "not_found", "too_large"
+    )  # fmt: skip
+    assert curl(compose, f"http://{ip}:9697/").json()["error"]["code"] == "not_found"
+    # gunicorn's port is not published: only the proxy reaches it.
+    assert curl(compose, "http://127.0.0.1:8000/healthz", timeout=5).status == 0
+    # Each request is a JSON line in the proxy's log, the 413 included.
+    log = compose.docker("logs", PROXY, capture_output=True, text=True).stdout
+    assert '"status":413' in log and '"uri":"/predict"' in log
+
+
 def test_memory_stays_under_each_limit(compose, photos, figures):
     # A burst of whole batches first, so the model's peak includes real inference.
     burst = [
@@ -168,7 +196,7 @@ def test_memory_stays_under_each_limit(compose, photos, figures):
     ]
     assert [client.wait(120) for client in burst] == [0] * len(burst)
     measured = {}
-    for name in (MODEL, GATEWAY):
+    for name in STACK:
         peak, limit = container_memory(compose, name)
         measured[name] = {"peak_mb": round(peak / 2**20), "limit_mb": round(limit / 2**20)}
         assert peak < 0.9 * limit, f"{name}: peak {peak / 2**20:.0f} MiB of {limit / 2**20:.0f}"

@@ -37,7 +37,8 @@ def pods(sandbox, figures):
     services = [doc for doc in resources if doc["kind"] == "Service"]
     deployments = {doc["metadata"]["name"]: doc for doc in resources if doc["kind"] == "Deployment"}
     assert set(deployments) == {"model", "gateway"}
-    images = {"kitchenware-model": built.model, "kitchenware-gateway": built.gateway}
+    images = {"kitchenware-model": built.model, "kitchenware-gateway": built.gateway,
+              "kitchenware-proxy": built.proxy}  # fmt: skip
     box.docker("network", "create", NETWORK, capture_output=True)
     started = []
     try:
@@ -49,7 +50,7 @@ def pods(sandbox, figures):
                     started.append(container)
         at = time.monotonic()
         for container in started:
-            container.ip = container_ip(box, container.name, NETWORK)
+            container.ip = container_ip(box, container.pod, NETWORK)
         yield box, started, at
     finally:
         save_logs(box, [c.name for c in started], REPO / "build" / "compose-test" / "logs" / "pods")
@@ -94,13 +95,28 @@ def test_containers_run_with_the_pod_security_context(pods):
 
 def test_gateway_pod_reaches_the_model_through_the_headless_service(pods, photos):
     box, containers, _ = pods
-    gateways = [c for c in containers if c.name.startswith("gateway-")]
-    assert len(gateways) == 2
-    for gateway in gateways:
-        url = f"http://{gateway.ip}:{gateway.ports['http']}/predict"
+    proxies = [c for c in containers if c.name.startswith("gateway-") and c.name.endswith("-proxy")]
+    assert len(proxies) == 2
+    for proxy in proxies:
+        url = f"http://{proxy.ip}:{proxy.ports['http']}/predict"
         answer = curl(box, url, "--form", f"file=@{photos[0]}")
         assert answer.status == 200, answer.body
         assert answer.json()["label"] in CLASSES
+
+
+def test_gateway_pod_exposes_the_proxy_only(pods):
+    """gunicorn listens on the pod's loopback; the probe port passes the probes alone."""
+    box, containers, _ = pods
+    proxy = next(
+        c for c in containers if c.name.startswith("gateway-") and c.name.endswith("-proxy")
+    )
+    probes = f"http://{proxy.ip}:{proxy.ports['probes']}"
+    assert curl(box, f"{probes}/healthz").status == 200
+    refused = curl(box, f"{probes}/predict", "--form", "file=@/dev/null")
+    assert refused.status == 404 and refused.json()["error"]["code"] == "not_found"
+    assert curl(box, f"{probes}/metrics").status == 404
+    gunicorn = curl(box, f"http://{proxy.ip}:8000/healthz", timeout=5)
+    assert gunicorn.status == 0, "gunicorn must not be reachable on the pod address"
 
 
 def test_gateway_pod_stops_cleanly_after_its_pre_stop_hook(pods):

@@ -1,8 +1,8 @@
-"""The gateway under real gunicorn answers malformed HTTP with the JSON error shape.
+"""The gateway as deployed (nginx in front of gunicorn) answers malformed HTTP in JSON.
 
-Raw bytes over a socket to 127.0.0.1: bad chunked bodies, truncated bodies and
-requests that gunicorn's own parser refuses before the app runs (long URL, big or
-many headers, contradictory lengths, bad bytes, unknown versions and codings).
+Raw bytes over a socket to the proxy on 127.0.0.1: bad chunked bodies, truncated
+bodies and requests the proxy refuses before gunicorn sees them (long URL, big
+headers or heads, contradictory lengths, bad bytes, unknown versions and codings).
 No model server is needed: every request here fails before one would be asked.
 """
 
@@ -14,6 +14,7 @@ import socket
 import pytest
 from support.paths import guarded_gateway
 
+from devtools import stack
 from devtools.stack import free_port
 
 READ_TIMEOUT_S = 15
@@ -72,14 +73,38 @@ POST = "POST /predict HTTP/1.1\nHost: gw\nConnection: close\n"
 
 @pytest.mark.parametrize(
     "chunks",
-    [b"zz\r\nabc\r\n0\r\n\r\n", b"3\r\nabcXY0\r\n\r\n", b"3\r\nab"],
-    ids=["bad-chunk-size", "missing-crlf", "ends-early"],
+    [b"zz\r\nabc\r\n0\r\n\r\n", b"3\r\nabcXY0\r\n\r\n"],
+    ids=["bad-chunk-size", "missing-crlf"],
 )
 def test_malformed_chunked_body_is_a_400(gateway, chunks):
     raw = request(POST + "Content-Type: image/jpeg\nTransfer-Encoding: chunked\n", chunks)
     error = json_error(gateway, raw, 400)
     assert error["code"] == "bad_request"
     assert "body" in error["message"]
+
+
+def proxy_log_statuses(gw, uri: str) -> list[int]:
+    """The statuses of the proxy's access-log lines (JSON, one per request) for `uri`."""
+    lines = [json.loads(line) for line in gw.proxy.log().splitlines() if line.startswith("{")]
+    return [line["status"] for line in lines if line["uri"] == uri]
+
+
+@pytest.mark.parametrize(
+    "head, body",
+    [("Transfer-Encoding: chunked\n", b"3\r\nab"), ("Content-Length: 5000\n", b"\xff\xd8" * 50)],
+    ids=["chunked-ends-early", "shorter-than-content-length"],
+)
+def test_body_cut_short_by_its_client_is_dropped_and_logged_as_400(gateway, head, body):
+    """The client closed before its body was whole: nginx closes too, logs a 400 and
+    passes nothing to gunicorn (the worker used to answer a 400 on the half-closed socket)."""
+    uri = f"/predict?cut-short={len(body)}"
+    raw = request(POST.replace("/predict", uri) + "Content-Type: image/jpeg\n" + head, body)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=READ_TIMEOUT_S) as sock:
+        sock.sendall(raw)
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(65536) == b""
+    stack.wait_for(lambda: proxy_log_statuses(gateway, uri) == [400], 5, "the proxy's log line")
+    assert uri not in gateway.log()  # never reached gunicorn
 
 
 def test_well_formed_chunked_body_reaches_the_image_check(gateway):
@@ -89,14 +114,7 @@ def test_well_formed_chunked_body_reaches_the_image_check(gateway):
     assert error["code"] == "not_an_image"
 
 
-def test_body_shorter_than_its_content_length_is_a_400(gateway):
-    raw = request(POST + "Content-Type: image/jpeg\nContent-Length: 5000\n", b"\xff\xd8" * 50)
-    error = json_error(gateway, raw, 400)
-    assert error["code"] == "bad_request"
-    assert "ended early" in error["message"]
-
-
-# -- requests gunicorn's parser refuses before the app runs ---------------------------
+# -- requests the proxy refuses before gunicorn sees them ------------------------------
 
 
 def headers_bytes(total: int) -> str:
@@ -106,13 +124,13 @@ def headers_bytes(total: int) -> str:
 PROTOCOL_ERRORS = {
     "long-url": ("GET /" + "a" * 9000 + " HTTP/1.1\nHost: gw\n", 414, "uri_too_long"),
     "big-header": (POST + "X-Big: " + "a" * 9000 + "\n", 431, "request_header_fields_too_large"),
-    "many-headers": (POST + "".join(f"X-H{i}: 1\n" for i in range(120)), 431,
-                     "request_header_fields_too_large"),
+    "big-head": (POST + "".join(f"X-H{i}: {'a' * 8000}\n" for i in range(9)), 431,
+                 "request_header_fields_too_large"),
     "te-and-cl": (POST + "Transfer-Encoding: chunked\nContent-Length: 5\n", 400, "bad_request"),
     "duplicate-cl": (POST + "Content-Length: 3\nContent-Length: 4\n", 400, "bad_request"),
     "negative-cl": (POST + "Content-Length: -1\n", 400, "bad_request"),
     "nul-in-header": (POST + "X-Note: a\x00b\n", 400, "bad_request"),
-    "http-2.0-line": ("GET /healthz HTTP/2.0\nHost: gw\n", 400, "bad_request"),
+    "http-2.0-line": ("GET /healthz HTTP/2.0\nHost: gw\n", 505, "http_version_not_supported"),
     "bad-method": ("G@T /healthz HTTP/1.1\nHost: gw\n", 400, "bad_request"),
     "unknown-coding": (POST + "Transfer-Encoding: zstd-but-not-really\n", 501, "not_implemented"),
 }  # fmt: skip
@@ -126,9 +144,17 @@ def test_protocol_errors_keep_their_status_and_answer_json(gateway, case):
     assert "<html" not in error["message"]
 
 
-def test_gunicorn_still_logs_what_it_refused(gateway):
-    json_error(gateway, request("G@T /logged HTTP/1.1\nHost: gw\n"), 400)
-    assert "Invalid request from ip=127.0.0.1" in gateway.log()
+def test_the_proxy_logs_what_it_refused_and_gunicorn_never_sees_it(gateway):
+    json_error(gateway, request("GET /logged HTTP/1.1\nHost: gw\nX-Note: a\x00b\n"), 400)
+    stack.wait_for(lambda: proxy_log_statuses(gateway, "/logged") == [400], 5, "the log line")
+    assert "/logged" not in gateway.log()
+
+
+def test_many_small_headers_within_the_proxy_limits_reach_the_app(gateway):
+    """gunicorn's own header limits sit above the proxy's: it never answers in HTML."""
+    raw = request(POST + "Content-Length: 0\n" + "".join(f"X-H{i}: 1\n" for i in range(120)))
+    error = json_error(gateway, raw, 400)
+    assert error["code"] == "bad_request" and "image" in error["message"].lower()
 
 
 def test_the_gateway_still_serves_after_refusals(gateway):

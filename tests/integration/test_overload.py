@@ -18,7 +18,7 @@ import pytest
 import requests
 from support.paths import TINY_SIZE, guarded_gateway
 
-from devtools.stack import ModelServer
+from devtools.stack import PROBE_RESERVE_THREADS, ModelServer
 from kitchenware.core.images import encode_jpeg
 from kitchenware.serving.grpc_client import RETRY_MAX_TOKENS, RETRY_TOKEN_RATIO
 
@@ -26,7 +26,10 @@ pytestmark = pytest.mark.slow
 
 REQUESTS = 240
 WORKERS = 2
-THREADS = 12  # per gateway worker: WORKERS * THREADS requests reach the model server at once
+THREADS = 12  # per gateway worker
+# The proxy passes this many requests to gunicorn at once (the rest of its threads are
+# kept for probes): each client here always has a request inside the gateway.
+CLIENTS = WORKERS * THREADS - PROBE_RESERVE_THREADS
 TINY_QUEUE = """
 max_batch_size { value: 1 }
 batch_timeout_micros { value: 0 }
@@ -74,7 +77,7 @@ def test_overload_gives_503s_and_a_bounded_number_of_rpcs(overloaded_stack):
         body = response.json()
         return response.status_code, body.get("error", {}).get("code")
 
-    with ThreadPoolExecutor(WORKERS * THREADS) as pool:
+    with ThreadPoolExecutor(CLIENTS) as pool:
         answers = collections.Counter(pool.map(send, range(REQUESTS)))
     after = server.wait_stats(lambda s: s["stats"]["in_flight"] == 0)["stats"]
 

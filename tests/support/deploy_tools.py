@@ -252,6 +252,7 @@ OVERLAYS = ["kind", "eks"]
 MODEL_DOCKERFILE = REPO / "image-model.dockerfile"
 PYTHON_MODEL_DOCKERFILE = REPO / "image-model-python.dockerfile"
 GATEWAY_DOCKERFILE = REPO / "image-gateway.dockerfile"
+PROXY_DOCKERFILE = REPO / "image-proxy.dockerfile"
 COMPOSE = REPO / "docker-compose.yaml"
 BATCHING_FILE = REPO / "serving" / "batching_parameters.txt"
 HEALTHCHECK = REPO / "serving" / "model-healthcheck.sh"

@@ -7,7 +7,9 @@ period) into the matching Docker option. A field it does not know is an error,
 not a silent skip, so a new manifest field fails the test until it is handled.
 Headless Services become network aliases, so `dns:///NAME.NS.svc.cluster.local`
 resolves to the pod containers as cluster DNS would; ClusterIP Services (a
-virtual IP and port mapping) are not emulated.
+virtual IP and port mapping) are not emulated. A pod's later containers join its
+first one's network namespace (`--network container:`), so they share 127.0.0.1
+and the pod's address as in Kubernetes.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class PodContainer:
     probes: dict[str, dict] = field(default_factory=dict)
     pre_stop: list[str] | None = None
     ip: str = ""  # on the pod network, once started
+    pod: str = ""  # the container that holds the pod's network (its first)
 
 
 def pod_containers(
@@ -85,13 +88,17 @@ def pod_containers(
     volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
     aliases = service_aliases(services, template["metadata"].get("labels", {}))
     result = []
+    first = f"{name}-{replica}-{pod['containers'][0]['name']}"
     for container in pod["containers"]:
         where = f"{name}/{container['name']}"
         _only(container, CONTAINER_KEYS, where)
-        args = ["--name", f"{name}-{replica}-{container['name']}", "--network", network,
-                "--hostname", f"{name}-{replica}"]  # fmt: skip
-        for alias in aliases:
-            args += ["--network-alias", alias]
+        args = ["--name", f"{name}-{replica}-{container['name']}"]
+        if not result:
+            args += ["--network", network, "--hostname", f"{name}-{replica}"]
+            for alias in aliases:
+                args += ["--network-alias", alias]
+        else:
+            args += ["--network", f"container:{first}"]
         if "runAsUser" in security:
             args += ["--user", f"{security['runAsUser']}:{security.get('runAsGroup', 0)}"]
         if security.get("runAsNonRoot") and security.get("runAsUser", 0) == 0:
@@ -143,6 +150,7 @@ def pod_containers(
                 ports={port["name"]: port["containerPort"] for port in container.get("ports", [])},
                 probes=probes,
                 pre_stop=pre_stop.get("exec", {}).get("command"),
+                pod=first,
             )
         )
     return result
