@@ -26,12 +26,11 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from devtools.bench_serving import offline_throughput, served_throughput
-from devtools.benchlib import MINI_DATA, machine
+from devtools.benchlib import MINI_DATA, machine, run_in_threads
 from devtools.stack import REPO, ModelServer, ServingStack, rss_kb
 from kitchenware.core.contract import SIGNATURE
 from kitchenware.model_server.openvino_runtime import PRECISION_ENV
@@ -166,29 +165,21 @@ def gateway_throughput(stack: ServingStack, photos: list[bytes], clients: int, e
         session.post(
             stack.url + "/predict", files={"file": ("p.jpg", photos[0])}
         ).raise_for_status()
-    barrier = threading.Barrier(clients + 1)
-    errors = []
+    failed = []
 
     def work(index: int) -> None:
-        barrier.wait()
         for n in range(each):
             photo = photos[(index * each + n) % len(photos)]
             response = sessions[index].post(
                 stack.url + "/predict", files={"file": ("p.jpg", photo)}
             )
             if response.status_code != 200:
-                errors.append(f"{response.status_code} {response.text[:200]}")
+                failed.append(f"{response.status_code} {response.text[:200]}")
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed, errors = run_in_threads(work, list(range(clients)))
     for session in sessions:
         session.close()
+    errors = [str(e) for e in errors] + failed
     if errors:
         raise SystemExit(f"{len(errors)} gateway requests failed, first: {errors[0]}")
     return clients * each / elapsed

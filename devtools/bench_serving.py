@@ -20,12 +20,11 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from datetime import date
 from pathlib import Path
 
-from devtools.benchlib import cpu_model
+from devtools.benchlib import cpu_model, run_in_threads
 from devtools.stack import ModelServer, export_untrained_model
 from kitchenware.core.contract import DEFAULT_IMAGE_SIZE, SIGNATURE
 
@@ -57,29 +56,16 @@ def served_throughput(target: str, size: int, clients: int, requests: int) -> fl
     per_client = [ServingClient(target, timeout=300) for _ in range(clients)]
     for client in per_client:  # connect + metadata + one warm request each
         client.predict(pixels)
-    barrier = threading.Barrier(clients + 1)
-    errors = []
 
-    def work(client):
-        barrier.wait()
-        try:
-            for _ in range(requests):
-                client.predict(pixels)
-        except Exception as exc:  # reported below, never hidden
-            errors.append(exc)
+    def work(client) -> None:
+        for _ in range(requests):
+            client.predict(pixels)
 
-    threads = [threading.Thread(target=work, args=(c,)) for c in per_client]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed, errors = run_in_threads(work, per_client)
     for client in per_client:
         client.close()
     if errors:
-        raise SystemExit(f"{len(errors)} requests failed, first: {errors[0]}")
+        raise SystemExit(f"{len(errors)} clients failed, first: {errors[0]}")
     return clients * requests / elapsed
 
 

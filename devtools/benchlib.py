@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import platform
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,3 +39,26 @@ def machine() -> dict:
         "python": platform.python_version(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def run_in_threads(work, arguments: list) -> tuple[float, list[Exception]]:
+    """`work(argument)` in one thread per argument, all released at once: (seconds from
+    the release until the last thread ends, the exceptions raised; never hidden)."""
+    barrier = threading.Barrier(len(arguments) + 1)
+    errors: list[Exception] = []
+
+    def released(argument) -> None:
+        barrier.wait()
+        try:
+            work(argument)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=released, args=(a,)) for a in arguments]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, errors

@@ -50,6 +50,33 @@ def dockerfile_arg(dockerfile: str, name: str) -> str:
     raise SandboxError(f"{dockerfile} has no ARG {name}=...")
 
 
+CLEAN_APT = (
+    'rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/usr/share/doc/* "$1"/usr/share/man/*'
+)
+
+
+def debian_image(box: Sandbox, tag: str, packages: str, hooks: list[str], changes: list[str],
+                 why: str, log=print) -> str:  # fmt: skip
+    """A minimal Debian bookworm with `packages`, made with mmdebstrap and imported as `tag`
+    (once per data root): `hooks` customise the tree, `changes` are Dockerfile lines."""
+    if box.image_exists(tag):
+        return tag
+    log(f"images: making the stand-in {tag} with mmdebstrap ({why})")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="kitchenware-debian-") as tmp:
+        rootfs = Path(tmp) / "rootfs.tar"
+        argv = ["mmdebstrap", "--quiet", "--variant=minbase", f"--include={packages}"]
+        argv += [f"--customize-hook={hook}" for hook in [*hooks, CLEAN_APT]]
+        argv += ["bookworm", str(rootfs)]
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode:
+            raise SandboxError(f"mmdebstrap failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        flags = [arg for change in changes for arg in ("--change", change)]
+        box.docker("import", *flags, str(rootfs), tag, capture_output=True, text=True)
+    log(f"images: {tag} made in {time.monotonic() - started:.0f} s")
+    return tag
+
+
 def stand_in_base(box: Sandbox, tag: str = STAND_IN_BASE, log=print) -> str:
     """A minimal Debian bookworm with python3.11 and venv, as `tag` (made once per data root)."""
     if box.image_exists(tag):
@@ -58,60 +85,19 @@ def stand_in_base(box: Sandbox, tag: str = STAND_IN_BASE, log=print) -> str:
         raise SandboxError(
             f"{HOST_CA_BUNDLE} is missing: pip inside the build could not verify TLS"
         )
-    log(
-        f"images: making the stand-in base {tag} with mmdebstrap (python:3.11-slim cannot be pulled)"
-    )
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="kitchenware-base-") as tmp:
-        rootfs = Path(tmp) / "rootfs.tar"
-        hooks = [
-            f'cp {HOST_CA_BUNDLE} "$1{HOST_CA_BUNDLE}"',
-            'ln -sf python3.11 "$1/usr/bin/python"',
-            'rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/usr/share/doc/* "$1"/usr/share/man/*',
-        ]
-        argv = ["mmdebstrap", "--quiet", "--variant=minbase",
-                "--include=python3.11,python3.11-venv,ca-certificates,passwd"]  # fmt: skip
-        argv += [f"--customize-hook={hook}" for hook in hooks]
-        argv += ["bookworm", str(rootfs)]
-        done = subprocess.run(argv, capture_output=True, text=True)
-        if done.returncode:
-            raise SandboxError(f"mmdebstrap failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        box.docker(
-            "import",
-            "--change", f"ENV PIP_CERT={HOST_CA_BUNDLE}",
-            "--change", "ENV LANG=C.UTF-8",
-            "--change", 'CMD ["python3"]',
-            str(rootfs), tag,
-            capture_output=True, text=True,
-        )  # fmt: skip
-    log(f"images: {tag} made in {time.monotonic() - started:.0f} s")
-    return tag
+    hooks = [f'cp {HOST_CA_BUNDLE} "$1{HOST_CA_BUNDLE}"', 'ln -sf python3.11 "$1/usr/bin/python"']
+    changes = [f"ENV PIP_CERT={HOST_CA_BUNDLE}", "ENV LANG=C.UTF-8", 'CMD ["python3"]']
+    return debian_image(box, tag, "python3.11,python3.11-venv,ca-certificates,passwd", hooks,
+                        changes, "python:3.11-slim cannot be pulled", log)  # fmt: skip
 
 
 def stand_in_nginx(box: Sandbox, tag: str = STAND_IN_NGINX, log=print) -> str:
     """Debian bookworm's nginx (+ envsubst, curl) as `tag`, where the official image cannot be
     pulled: the same binary paths, a different nginx version (1.22, the config needs no newer)."""
-    if box.image_exists(tag):
-        return tag
-    log(f"images: making the stand-in {tag} with mmdebstrap (the nginx image cannot be pulled)")
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="kitchenware-nginx-") as tmp:
-        rootfs = Path(tmp) / "rootfs.tar"
-        hooks = [
-            'rm -f "$1"/etc/nginx/sites-enabled/*',
-            'rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/usr/share/doc/* "$1"/usr/share/man/*',
-        ]
-        argv = ["mmdebstrap", "--quiet", "--variant=minbase",
-                "--include=nginx-light,gettext-base,curl,ca-certificates"]  # fmt: skip
-        argv += [f"--customize-hook={hook}" for hook in hooks]
-        argv += ["bookworm", str(rootfs)]
-        done = subprocess.run(argv, capture_output=True, text=True)
-        if done.returncode:
-            raise SandboxError(f"mmdebstrap failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        box.docker("import", "--change", 'CMD ["nginx", "-g", "daemon off;"]', str(rootfs), tag,
-                   capture_output=True, text=True)  # fmt: skip
-    log(f"images: {tag} made in {time.monotonic() - started:.0f} s")
-    return tag
+    return debian_image(box, tag, "nginx-light,gettext-base,curl,ca-certificates",
+                        ['rm -f "$1"/etc/nginx/sites-enabled/*'],
+                        ['CMD ["nginx", "-g", "daemon off;"]'],
+                        "the nginx image cannot be pulled", log)  # fmt: skip
 
 
 def nginx_image(box: Sandbox, log=print) -> str:
