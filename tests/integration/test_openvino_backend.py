@@ -118,6 +118,30 @@ def test_a_failed_self_test_refuses_openvino_and_auto_falls_back(exported_model,
         model.close()
 
 
+def test_the_self_test_checks_explain_maps_by_shape_and_range_and_its_probabilities_by_value(
+    exported_model, tmp_path
+):
+    """bf16 rounding on a grey image's near-flat maps is magnified without bound by the
+    per-map normalisation, so the maps' values are not compared; the probabilities are."""
+    version = shutil.copytree(exported_model / "1", tmp_path / "kitchenware" / "1")
+    path = version / OPENVINO_DIR / OPENVINO_MANIFEST
+    manifest = json.loads(path.read_text())
+    expected = manifest["signatures"][EXPLAIN_SIGNATURE]["self_test"]["expected"]
+    original = np.asarray(expected["heatmap"])
+    expected["heatmap"] = (1.0 - original).tolist()
+    path.write_text(json.dumps(manifest))
+    LoadedVersion(version, 1, backend="openvino").close()  # maps: shape and range only
+    expected["heatmap"] = original[..., :1].tolist()
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(LoadError, match="self-test of 'explain' failed: heatmap has another shape"):
+        LoadedVersion(version, 1, backend="openvino")
+    expected["heatmap"] = original.tolist()
+    expected["probabilities"] = [[1.0, 0, 0, 0, 0, 0]]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(LoadError, match="self-test of 'explain' failed: probabilities differs"):
+        LoadedVersion(version, 1, backend="openvino")
+
+
 def test_a_version_without_ir_does_not_load_on_openvino(exported_model, tmp_path):
     version = shutil.copytree(exported_model / "1", tmp_path / "kitchenware" / "1")
     shutil.rmtree(version / OPENVINO_DIR)
