@@ -153,14 +153,17 @@ def old_export(base, size: int = TINY_SIZE, version: int = 2):
 
 @pytest.fixture(scope="module")
 def stack(exported_model, sample_photos, tmp_path_factory):
-    """Model server (REST on) on a private copy of the export; a gunicorn gateway."""
+    """Model server (REST on) on a private copy of the export; a gunicorn gateway.
+
+    TensorFlow backend: these tests compare with the SavedModel to 1e-5; OpenVINO's
+    explain is checked in test_openvino_backend.py."""
     work = tmp_path_factory.mktemp("explain-stack")
     base = work / "models" / "kitchenware"
     shutil.copytree(exported_model, base)
     site_root = work / "site"
     site_root.mkdir()
     shutil.copy(sample_photos[0], site_root / "photo.jpg")
-    server = ModelServer(base, work, poll_seconds=0.5)
+    server = ModelServer(base, work, poll_seconds=0.5, backend="tensorflow")
     gateway = guarded_gateway(work, {"TF_SERVING_HOST": f"127.0.0.1:{server.port}",
                                      "GRPC_TIMEOUT": "30", "ALLOW_PRIVATE_URLS": "true",
                                      "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics")})  # fmt: skip

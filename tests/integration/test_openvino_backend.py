@@ -142,6 +142,30 @@ def test_the_self_test_checks_explain_maps_by_shape_and_range_and_its_probabilit
         LoadedVersion(version, 1, backend="openvino")
 
 
+def test_openvino_serves_explain_like_tensorflow_within_bf16(exported_model):
+    """explain's IR: TF's probabilities (bf16 tolerance), maps in [0, 1], the top map is the
+    top class's of the six, classes filled from the manifest."""
+    import tensorflow as tf
+
+    images = np.random.default_rng(5).integers(0, 256, (3, TINY_SIZE, TINY_SIZE, 3), np.uint8)
+    model = LoadedVersion(exported_model / "1", 1, backend="openvino")
+    try:
+        assert model.backend == "openvino"
+        got = model.signatures[EXPLAIN_SIGNATURE].run({"image": images})
+    finally:
+        model.close()
+    want = tf.saved_model.load(str(exported_model / "1")).signatures[EXPLAIN_SIGNATURE](
+        image=tf.constant(images)
+    )
+    np.testing.assert_allclose(got["probabilities"], want["probabilities"].numpy(), atol=0.02)
+    assert got["heatmaps"].shape == want["heatmaps"].shape
+    assert got["heatmap"].shape == want["heatmap"].shape
+    assert np.all((got["heatmaps"] >= 0) & (got["heatmaps"] <= 1 + 1e-3))
+    top = np.argmax(got["probabilities"], axis=-1)
+    np.testing.assert_allclose(got["heatmap"], got["heatmaps"][np.arange(3), top], atol=1e-6)
+    assert got["classes"].tolist() == want["classes"].numpy().tolist()
+
+
 def test_a_version_without_ir_does_not_load_on_openvino(exported_model, tmp_path):
     version = shutil.copytree(exported_model / "1", tmp_path / "kitchenware" / "1")
     shutil.rmtree(version / OPENVINO_DIR)
