@@ -166,7 +166,10 @@ def stack(exported_model, sample_photos, tmp_path_factory):
     server = ModelServer(base, work, poll_seconds=0.5)
     gateway = guarded_gateway(work, {"TF_SERVING_HOST": f"127.0.0.1:{server.port}",
                                      "GRPC_TIMEOUT": "30", "ALLOW_PRIVATE_URLS": "true",
-                                     "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics")})  # fmt: skip
+                                     "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics")},
+                              threads=8)  # fmt: skip
+    # 8 threads: the proxy then passes 5 requests at once (3 kept for probes), so the
+    # page's HTML, app.js and style.css, fetched together, are not shed as overload.
     (work / "metrics").mkdir()
     try:
         server.start(wait=True)
