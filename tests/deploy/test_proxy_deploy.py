@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import urllib.request
 
 import pytest
 from support.deploy_tools import base_docs, compose, containers, env_of
@@ -21,6 +20,7 @@ from devtools.stack import (
     PROXY_DIR,
     StackError,
     free_port,
+    http_status,
     nginx_binary,
     render_proxy_config,
     wait_for,
@@ -103,19 +103,11 @@ def test_the_image_entrypoint_renders_and_runs_nginx(tmp_path):
     entry = subprocess.Popen(["sh", str(PROXY_DIR / "render.sh")], env=entrypoint_env(tmp_path, **values),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
-
-        def status(url: str) -> int:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as answer:
-                    return answer.status
-            except urllib.error.HTTPError as exc:
-                return exc.code
-
-        wait_for(lambda: status(f"http://127.0.0.1:{probe_port}/proxy-healthz") == 200, 15,
+        wait_for(lambda: http_status(f"http://127.0.0.1:{probe_port}/proxy-healthz") == 200, 15,
                  "the proxy's liveness endpoint")  # fmt: skip
         # Nothing listens upstream: the proxy's own 502, in JSON.
-        assert status(f"http://127.0.0.1:{port}/predict") == 502
-        assert status(f"http://127.0.0.1:{probe_port}/predict") == 404
+        assert http_status(f"http://127.0.0.1:{port}/predict") == 502
+        assert http_status(f"http://127.0.0.1:{probe_port}/predict") == 404
     finally:
         entry.send_signal(signal.SIGTERM)
         output = entry.communicate(timeout=15)[0]
