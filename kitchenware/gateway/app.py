@@ -127,25 +127,35 @@ class Gateway:
     def predict(self, items: list[ImageInput]) -> list[dict]:
         raw = self.download(items)  # URLs are vetted before the model server is asked anything
         self.check_headers(items, raw)  # so is every image's format and pixel count
-        size = self.image_size()
-        pixels = self.decode(items, raw, size)
-        try:
-            prediction = self.timed_predict(pixels)
-        except errors.ModelServerFailed:
-            # A new version may declare another size: ask again and retry once.
-            new_size = self.image_size(refresh=True)
-            if new_size != size:
-                pixels = self.decode(items, raw, new_size)
-            prediction = self.timed_predict(pixels)
+        prediction, _ = self.at_served_size(items, raw, self.timed_predict)
         self.metrics.images.inc(len(items))
         return [self.answer(row, prediction) for row in prediction.probabilities]
 
+    def at_served_size(self, items: list[ImageInput], raw: list[bytes], call):
+        """(call(pixels), pixels) with the images decoded at the served version's size.
+
+        When the call fails and the served version now declares another size (a new
+        version), decode again at that size and retry once."""
+        size = self.image_size()
+        pixels = self.decode(items, raw, size)
+        try:
+            return call(pixels), pixels
+        except errors.ModelServerFailed:
+            new_size = self.image_size(refresh=True)
+            if new_size != size:
+                pixels = self.decode(items, raw, new_size)
+            return call(pixels), pixels
+
     def timed_predict(self, pixels: np.ndarray):
+        return self.timed_call("predict", pixels, self.metrics.model_seconds)
+
+    def timed_call(self, method: str, pixels: np.ndarray, histogram):
+        """The client's `method` on `pixels`, its time observed in `histogram`."""
         started = time.perf_counter()
         try:
-            return self.call_model(self.clients.get().predict, pixels)
+            return self.call_model(getattr(self.clients.get(), method), pixels)
         finally:
-            self.metrics.model_seconds.observe(time.perf_counter() - started)
+            histogram.observe(time.perf_counter() - started)
 
     # -- /explain ----------------------------------------------------------------
 
@@ -153,15 +163,7 @@ class Gateway:
         """The prediction for one image plus its Grad-CAM map: raw grid and PNG overlay."""
         raw = self.download([item])
         self.check_headers([item], raw)
-        size = self.image_size()
-        pixels = self.decode([item], raw, size)
-        try:
-            explanation = self.timed_explain(pixels)
-        except errors.ModelServerFailed:
-            new_size = self.image_size(refresh=True)  # as /predict: a new version, a new size
-            if new_size != size:
-                pixels = self.decode([item], raw, new_size)
-            explanation = self.timed_explain(pixels)
+        explanation, pixels = self.at_served_size([item], raw, self.timed_explain)
         prediction = explanation.prediction
         answer = self.answer(prediction.probabilities[0], prediction)
         heatmap = explanation.heatmap[0]
@@ -185,11 +187,7 @@ class Gateway:
         return answer
 
     def timed_explain(self, pixels: np.ndarray):
-        started = time.perf_counter()
-        try:
-            return self.call_model(self.clients.get().explain, pixels)
-        finally:
-            self.metrics.explain_model_seconds.observe(time.perf_counter() - started)
+        return self.timed_call("explain", pixels, self.metrics.explain_model_seconds)
 
     def download(self, items: list[ImageInput]) -> list[bytes]:
         """Each item's bytes, URLs fetched (in parallel for a batch)."""
