@@ -12,7 +12,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 
 import numpy as np
 from flask import Flask, Response, g, jsonify, request
@@ -22,10 +24,16 @@ from kitchenware.core.contract import DEFAULT_IMAGE_SIZE
 from kitchenware.core.errors import ImageError, ImageTooLarge, KitchenwareError
 from kitchenware.core.images import decode_estimate, image_size, load_image
 from kitchenware.gateway import errors
-from kitchenware.gateway.budget import BudgetExhausted, MemoryBudget
+from kitchenware.gateway.budget import BudgetExhausted, MemoryBudget, Reservation
 from kitchenware.gateway.config import Settings
 from kitchenware.gateway.fetch import UrlFetcher
-from kitchenware.gateway.inputs import ImageInput, parse_predict_request
+from kitchenware.gateway.inputs import (
+    ImageInput,
+    ParsedRequest,
+    RequestLimits,
+    body_memory,
+    parse_predict_request,
+)
 from kitchenware.gateway.metrics import GatewayMetrics
 from kitchenware.gateway.overlay import overlay_png, photo_size
 
@@ -86,7 +94,11 @@ class Gateway:
         self.settings = settings
         self.clients = ClientProvider(settings, model_client)
         self.metrics = GatewayMetrics()
-        self.decode_budget = MemoryBudget(settings.max_decode_bytes)
+        # Bodies, downloads and decodes of this worker's requests, together.
+        self.memory = MemoryBudget(settings.max_decode_bytes)
+        self.limits = RequestLimits(
+            settings.max_batch, settings.max_image_bytes, settings.max_request_bytes
+        )
         self.fetcher = UrlFetcher(
             timeout=settings.url_fetch_timeout,
             max_bytes=settings.max_image_bytes,
@@ -122,10 +134,35 @@ class Gateway:
         meta = self.call_model(self.clients.get().metadata, refresh=refresh)
         return meta.image_size or DEFAULT_IMAGE_SIZE
 
+    # -- reading a request, inside the worker's memory budget -----------------------
+
+    @contextmanager
+    def parsed(self, request) -> Iterator[tuple[ParsedRequest, Reservation]]:
+        """The request's images, parsed once what its body can hold is reserved in the
+        worker's budget; the reservation (shrunk to the images' bytes) lasts the block."""
+        needed = body_memory(request, self.limits)
+        if needed > self.memory.total:
+            raise errors.TooLarge(
+                f"reading this {request.content_length or 'chunked'}-byte body could take "
+                f"~{needed / 2**20:,.0f} MiB; the limit is {self.memory.total / 2**20:,.0f} MiB "
+                "(MAX_DECODE_BYTES)"
+            )
+        with ExitStack() as stack:
+            try:
+                reservation = stack.enter_context(
+                    self.memory.reserve(needed, timeout=self.settings.grpc_timeout)
+                )
+            except BudgetExhausted as exc:
+                raise errors.Overloaded(f"too many large requests in this worker: {exc}") from None
+            parsed = parse_predict_request(request, self.limits)
+            reservation.give_back(reservation.nbytes - parsed.held_bytes)
+            yield parsed, reservation
+
     # -- /predict ----------------------------------------------------------------
 
-    def predict(self, items: list[ImageInput]) -> list[dict]:
-        raw = self.download(items)  # URLs are vetted before the model server is asked anything
+    def predict(self, items: list[ImageInput], reservation: Reservation) -> list[dict]:
+        # URLs are vetted before the model server is asked anything.
+        raw = self.download(items, reservation)
         self.check_headers(items, raw)  # so is every image's format and pixel count
         prediction, _ = self.at_served_size(items, raw, self.timed_predict)
         self.metrics.images.inc(len(items))
@@ -159,9 +196,9 @@ class Gateway:
 
     # -- /explain ----------------------------------------------------------------
 
-    def explain(self, item: ImageInput) -> dict:
+    def explain(self, item: ImageInput, reservation: Reservation) -> dict:
         """The prediction for one image plus its Grad-CAM map: raw grid and PNG overlay."""
-        raw = self.download([item])
+        raw = self.download([item], reservation)
         self.check_headers([item], raw)
         explanation, pixels = self.at_served_size([item], raw, self.timed_explain)
         prediction = explanation.prediction
@@ -189,16 +226,26 @@ class Gateway:
     def timed_explain(self, pixels: np.ndarray):
         return self.timed_call("explain", pixels, self.metrics.explain_model_seconds)
 
-    def download(self, items: list[ImageInput]) -> list[bytes]:
-        """Each item's bytes, URLs fetched (in parallel for a batch)."""
+    def download(self, items: list[ImageInput], reservation: Reservation) -> list[bytes]:
+        """Each item's bytes, URLs fetched (in parallel for a batch); each download holds
+        the largest image allowed in `reservation` while it runs, then what it got."""
+        limit = self.settings.max_image_bytes
 
         def get(item: ImageInput) -> bytes:
             if item.data is not None:
                 return item.data
             try:
-                return self.fetcher.fetch(item.url)
+                reservation.grow(limit, timeout=self.settings.grpc_timeout)
+            except BudgetExhausted as exc:
+                raise errors.Overloaded(f"too many downloads in this worker: {exc}") from None
+            data = b""
+            try:
+                data = self.fetcher.fetch(item.url)
+                return data
             except errors.GatewayError as exc:
                 raise type(exc)(f"{item.label}: {exc.message}") from None
+            finally:
+                reservation.give_back(limit - len(data))
 
         urls = sum(item.url is not None for item in items)
         if urls <= 1:
@@ -223,7 +270,7 @@ class Gateway:
 
     def decode(self, items: list[ImageInput], raw: list[bytes], size: int) -> np.ndarray:
         """Each image at `size`, one at a time, each inside this worker's decode budget."""
-        budget = self.decode_budget
+        budget = self.memory
         pixels = []
         for item, data in zip(items, raw, strict=True):
             try:
@@ -399,21 +446,21 @@ def create_app(settings: Settings | None = None, model_client=None) -> Flask:
 
     @app.post("/predict")
     def predict():
-        parsed = parse_predict_request(request, settings.max_batch, settings.max_image_bytes)
-        answers = gateway.predict(parsed.items)
+        with gateway.parsed(request) as (parsed, reservation):
+            answers = gateway.predict(parsed.items, reservation)
         if parsed.batch:
             return jsonify({"predictions": answers})
         return jsonify(answers[0])
 
     @app.post("/explain")
     def explain():
-        parsed = parse_predict_request(request, settings.max_batch, settings.max_image_bytes)
-        if len(parsed.items) != 1:
-            raise errors.BadRequest(
-                f"/explain takes one image per request, got {len(parsed.items)}; "
-                "send several requests (or use /predict for a batch)"
-            )
-        return jsonify(gateway.explain(parsed.items[0]))
+        with gateway.parsed(request) as (parsed, reservation):
+            if len(parsed.items) != 1:
+                raise errors.BadRequest(
+                    f"/explain takes one image per request, got {len(parsed.items)}; "
+                    "send several requests (or use /predict for a batch)"
+                )
+            return jsonify(gateway.explain(parsed.items[0], reservation))
 
     @app.get("/healthz")
     def healthz():

@@ -1,10 +1,12 @@
-"""A per-process memory budget for image decoding, shared by a worker's threads.
+"""A per-process memory budget for request bodies and image decoding, shared by a worker's threads.
 
-A few bytes of GIF or PNG can declare a 40-megapixel canvas, and each gunicorn
-worker decodes for several threads at once. Every decode reserves what it will
-need (estimated from the header) before it starts, so the decodes running in
-one worker never hold more than the budget together, whatever arrives; a
-request that would need more than the whole budget is refused outright.
+A few bytes of GIF or PNG can declare a 40-megapixel canvas, a 50 MiB JSON body
+holds ~37 MiB of images once decoded, and each gunicorn worker serves several
+threads at once. Every request reserves what reading its body may hold (from its
+size) before it reads it, and every decode what it will need (estimated from the
+header) before it starts, so one worker's requests never hold more than the
+budget together, whatever arrives; one that would need more than the whole
+budget is refused outright.
 """
 
 from __future__ import annotations
@@ -46,8 +48,17 @@ class MemoryBudget:
         self._changed = threading.Condition()
 
     @contextmanager
-    def reserve(self, nbytes: int, timeout: float) -> Iterator[None]:
-        """Hold `nbytes` of the budget for the block, waiting up to `timeout` s for room."""
+    def reserve(self, nbytes: int, timeout: float) -> Iterator[Reservation]:
+        """Hold `nbytes` of the budget for the block, waiting up to `timeout` s for room;
+        the Reservation it yields can grow and give back along the way."""
+        self._acquire(nbytes, timeout)
+        reservation = Reservation(self, nbytes)
+        try:
+            yield reservation
+        finally:
+            self._release(reservation.nbytes)
+
+    def _acquire(self, nbytes: int, timeout: float) -> None:
         if nbytes > self.total:
             raise ValueError(f"{nbytes} bytes is more than the whole budget of {self.total}")
         deadline = time.monotonic() + timeout
@@ -56,13 +67,32 @@ class MemoryBudget:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._changed.wait(left):
                     if self.in_use + nbytes > self.total:
-                        raise BudgetExhausted(
-                            f"{self.in_use:,} of {self.total:,} decode bytes in use"
-                        )
+                        raise BudgetExhausted(f"{self.in_use:,} of {self.total:,} bytes in use")
             self.in_use += nbytes
-        try:
-            yield
-        finally:
-            with self._changed:
-                self.in_use -= nbytes
-                self._changed.notify_all()
+
+    def _release(self, nbytes: int) -> None:
+        with self._changed:
+            self.in_use -= nbytes
+            self._changed.notify_all()
+
+
+class Reservation:
+    """What one `reserve` block holds: a request's share of its worker's budget."""
+
+    def __init__(self, budget: MemoryBudget, nbytes: int) -> None:
+        self._budget = budget
+        self._lock = threading.Lock()
+        self.nbytes = nbytes
+
+    def grow(self, nbytes: int, timeout: float) -> None:
+        """Hold `nbytes` more, waiting up to `timeout` s for room (BudgetExhausted)."""
+        self._budget._acquire(nbytes, timeout)
+        with self._lock:
+            self.nbytes += nbytes
+
+    def give_back(self, nbytes: int) -> None:
+        """Return up to `nbytes` of what this reservation holds to the budget."""
+        with self._lock:
+            nbytes = min(max(0, int(nbytes)), self.nbytes)
+            self.nbytes -= nbytes
+        self._budget._release(nbytes)

@@ -52,8 +52,8 @@ class Settings:
     )
     max_image_bytes: int = option(10 * 1024 * 1024, env=MAX_IMAGE_BYTES, gt=0)
     max_image_pixels: int = option(40_000_000, env=MAX_IMAGE_PIXELS, gt=0)
-    # Per worker, shared by its threads: 2 workers x (160 MiB + ~70 MiB baseline)
-    # stay inside the 512 MiB the manifests give the gateway container.
+    # Per worker, shared by its threads, for request bodies, URL downloads and decodes:
+    # 2 workers x (160 MiB + ~70 MiB baseline) stay inside the manifests' 512 MiB.
     max_decode_bytes: int = option(160 * 2**20, env=MAX_DECODE_BYTES, gt=0)
     # The whole HTTP body (a batch of uploads, base64 inflates by 4/3).
     max_request_bytes: int = option(50 * 1024 * 1024, env=MAX_REQUEST_BYTES, gt=0)

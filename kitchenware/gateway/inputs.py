@@ -6,20 +6,24 @@ Accepted forms (one image answers one prediction, a list answers a batch):
 - JSON `{"image": "<base64>"}` or `{"images": [...]}` (a `data:` URL prefix is fine)
 - multipart/form-data with one or more `file` fields
 - a raw body with an `image/*` or `application/octet-stream` content type
+
+`body_memory` says, before a byte of the body is read, the most that parsing it
+can hold in memory, so the caller can reserve it in the worker's budget.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 
 from flask import Request
 
 from kitchenware.gateway.errors import BadRequest, TooLarge
+from kitchenware.gateway.json_body import CHUNK_BYTES, JsonLimits, read_json_request
 
-JSON_KEYS = ("url", "urls", "image", "images")
 FILE_FIELD = "file"
+# werkzeug keeps a file part under 500 KiB in memory (a larger one goes to a temporary
+# file), and we read every upload into memory: a form can hold up to twice its size.
+MULTIPART_COPIES = 2
 
 
 @dataclass(frozen=True)
@@ -36,19 +40,47 @@ class ParsedRequest:
     items: list[ImageInput]
     batch: bool  # answer {"predictions": [...]} instead of a single prediction
 
+    @property
+    def held_bytes(self) -> int:
+        """The image bytes this request holds once parsed (URLs are not fetched yet)."""
+        return sum(len(item.data) for item in self.items if item.data is not None)
 
-def parse_predict_request(request: Request, max_batch: int, max_image_bytes: int) -> ParsedRequest:
+
+@dataclass(frozen=True)
+class RequestLimits:
+    max_batch: int
+    max_image_bytes: int
+    max_request_bytes: int
+
+    @property
+    def json(self) -> JsonLimits:
+        return JsonLimits(self.max_batch, self.max_image_bytes)
+
+
+def body_memory(request: Request, limits: RequestLimits) -> int:
+    """The most memory parsing `request`'s body can hold, from its declared size
+    (a chunked body is taken at its largest allowed size)."""
+    length = request.content_length
+    largest = limits.max_request_bytes if length is None else min(length, limits.max_request_bytes)
+    if request.is_json:
+        # The decoded images, plus the parser's buffer and the string it builds for the
+        # longest value (ijson's C backend), plus the chunk in flight.
+        largest = min(largest, limits.json.max_body_bytes)
+        string = min(largest, limits.json.max_string_bytes)
+        return largest * 3 // 4 + 2 * string + 2 * CHUNK_BYTES
+    if request.mimetype == "multipart/form-data":
+        return MULTIPART_COPIES * largest
+    return min(largest, limits.max_image_bytes + 1)
+
+
+def parse_predict_request(request: Request, limits: RequestLimits) -> ParsedRequest:
     content_type = request.mimetype or ""
     if request.is_json:
-        parsed = _from_json(request, max_image_bytes)
+        parsed = _from_json(request, limits)
     elif content_type == "multipart/form-data":
-        parsed = _from_multipart(request, max_image_bytes)
+        parsed = _from_multipart(request, limits.max_image_bytes)
     elif content_type.startswith("image/") or content_type == "application/octet-stream":
-        data = request.get_data(cache=False)
-        _check_size(len(data), "the request body", max_image_bytes)
-        if not data:
-            raise BadRequest("the request body is empty")
-        parsed = ParsedRequest([ImageInput("the request body", data=data)], batch=False)
+        parsed = _from_raw_body(request, limits)
     else:
         shown = content_type or "no Content-Type"
         raise BadRequest(
@@ -57,60 +89,36 @@ def parse_predict_request(request: Request, max_batch: int, max_image_bytes: int
         )
     if not parsed.items:
         raise BadRequest("the request contains no image")
-    if len(parsed.items) > max_batch:
-        raise BadRequest(f"{len(parsed.items)} images in one request; the limit is {max_batch}")
+    if len(parsed.items) > limits.max_batch:
+        raise BadRequest(
+            f"{len(parsed.items)} images in one request; the limit is {limits.max_batch}"
+        )
     return parsed
 
 
-def _from_json(request: Request, max_image_bytes: int) -> ParsedRequest:
-    try:
-        body = request.get_json(silent=True)
-    except RecursionError:  # `silent` covers ValueError only; "[[[[..." exhausts the stack
-        raise BadRequest("the JSON body is nested too deeply") from None
-    if body is None:
-        raise BadRequest("the body is not valid JSON")
-    if not isinstance(body, dict):
-        raise BadRequest(f"expected a JSON object with one of {', '.join(JSON_KEYS)}")
-    present = [key for key in JSON_KEYS if key in body]
-    if len(present) != 1:
-        found = ", ".join(present) if present else "none"
-        raise BadRequest(
-            f"expected exactly one of the keys {', '.join(JSON_KEYS)} (found: {found})"
-        )
-    key = present[0]
-    value = body[key]
-    if key in ("url", "image"):
-        values, batch = [value], False
-    elif isinstance(value, list):
-        values, batch = value, True
+def _from_json(request: Request, limits: RequestLimits) -> ParsedRequest:
+    body = read_json_request(request.stream, request.content_length, limits.json)
+    if body.key.startswith("url"):
+        items = [ImageInput(f"URL {url}", url=url) for url in body.values]
     else:
-        raise BadRequest(f"'{key}' must be a list")
-    items = []
-    for index, item in enumerate(values):
-        where = f"{key}[{index}]" if batch else key
-        if not isinstance(item, str) or not item.strip():
-            raise BadRequest(f"'{where}' must be a non-empty string")
-        if key.startswith("url"):
-            items.append(ImageInput(f"URL {item.strip()}", url=item.strip()))
-        else:
-            items.append(
-                ImageInput(f"'{where}'", data=_decode_base64(item, where, max_image_bytes))
-            )
-    return ParsedRequest(items, batch)
+        items = [
+            ImageInput(f"'{body.key}[{index}]'" if body.batch else f"'{body.key}'", data=data)
+            for index, data in enumerate(body.values)
+        ]
+    return ParsedRequest(items, body.batch)
 
 
-def _decode_base64(text: str, where: str, max_image_bytes: int) -> bytes:
-    if text.startswith("data:"):
-        header, _, text = text.partition(",")
-        if not header.endswith(";base64"):
-            raise BadRequest(f"'{where}' is a data: URL without base64 encoding")
-    text = "".join(text.split())
-    # Check the size before decoding: base64 carries 3 bytes per 4 characters.
-    _check_size(len(text) * 3 // 4 - text.count("="), f"'{where}'", max_image_bytes)
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest(f"'{where}' is not valid base64") from None
+def _from_raw_body(request: Request, limits: RequestLimits) -> ParsedRequest:
+    """The body itself, refused from its Content-Length before it is read when too large."""
+    declared = request.content_length
+    if declared is not None:
+        _check_size(declared, "the request body", limits.max_request_bytes)
+        _check_size(declared, "the request body", limits.max_image_bytes)
+    data = _read_at_most(request.stream, limits.max_image_bytes + 1)
+    _check_size(len(data), "the request body", limits.max_image_bytes)
+    if not data:
+        raise BadRequest("the request body is empty")
+    return ParsedRequest([ImageInput("the request body", data=data)], batch=False)
 
 
 def _from_multipart(request: Request, max_image_bytes: int) -> ParsedRequest:
@@ -125,13 +133,28 @@ def _from_multipart(request: Request, max_image_bytes: int) -> ParsedRequest:
         raise BadRequest(f"upload the photo in a form field named '{FILE_FIELD}' (found: {others})")
     items = []
     for index, upload in enumerate(uploads):
-        name = upload.filename or f"{FILE_FIELD}[{index}]"
+        # The client's file name only labels messages (shortened): it is never a path here.
+        name = _shortened(upload.filename) or f"{FILE_FIELD}[{index}]"
         data = upload.stream.read(max_image_bytes + 1)
         _check_size(len(data), f"upload {name}", max_image_bytes)
         if not data:
             raise BadRequest(f"upload {name} is empty")
         items.append(ImageInput(f"upload {name}", data=data))
     return ParsedRequest(items, batch=len(items) > 1)
+
+
+def _shortened(text: str | None, limit: int = 80) -> str:
+    text = text or ""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _read_at_most(stream, limit: int) -> bytes:
+    """Up to `limit` bytes, read until the body ends (one read may return less, and a
+    body that ends before its Content-Length raises only on the read that finds it)."""
+    data = bytearray()
+    while len(data) < limit and (chunk := stream.read(min(CHUNK_BYTES, limit - len(data)))):
+        data += chunk
+    return bytes(data)
 
 
 def _check_size(size: int, what: str, limit: int) -> None:

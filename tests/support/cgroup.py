@@ -47,6 +47,10 @@ class MemoryCgroup:
     def add(self, pid: int) -> None:
         (self.path / "cgroup.procs").write_text(str(pid))
 
+    def current_bytes(self) -> int:
+        name = "memory.current" if self.v2 else "memory.usage_in_bytes"
+        return int((self.path / name).read_text())
+
     def peak_bytes(self) -> int:
         name = "memory.peak" if self.v2 else "memory.max_usage_in_bytes"
         return int((self.path / name).read_text())

@@ -114,14 +114,20 @@ def _error(response, status, code):
     "kwargs, fragment",
     [
         (dict(data="{not json", content_type="application/json"), "not valid JSON"),
-        (dict(data="[" * 50_000 + "]" * 50_000, content_type="application/json"), "too deeply"),
+        (
+            dict(data="[" * 50_000 + "]" * 50_000, content_type="application/json"),
+            "expected a JSON object",
+        ),
         (dict(json=["http://x"]), "expected a JSON object"),
         (dict(json={"link": "http://x"}), "exactly one of the keys"),
         (dict(json={"url": "http://x", "image": "aGk="}), "found: url, image"),
         (dict(json={"url": 5}), "'url' must be a non-empty string"),
         (dict(json={"urls": "http://x"}), "'urls' must be a list"),
         (dict(json={"urls": []}), "contains no image"),
-        (dict(json={"urls": ["http://x"] * 5}), "5 images in one request; the limit is 4"),
+        (
+            dict(json={"urls": ["http://x"] * 5}),
+            "more than 4 images in one request; the limit is 4",
+        ),
         (dict(json={"image": "not base64!"}), "not valid base64"),
         (dict(data="hello", content_type="text/plain"), "unsupported request (text/plain)"),
         (dict(data={"photo": (io.BytesIO(b"x"), "a.jpg")}), "form field named 'file'"),

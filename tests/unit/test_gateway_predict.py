@@ -169,7 +169,9 @@ def test_more_images_than_max_batch_are_refused(client, model):
     body = {"images": [base64.b64encode(photo()).decode()] * 5}
     response = client.post("/predict", json=body)
     assert response.status_code == 400
-    assert response.get_json()["error"]["message"] == "5 images in one request; the limit is 4"
+    assert response.get_json()["error"]["message"] == (
+        "more than 4 images in one request; the limit is 4"
+    )
     assert model.sent == []
 
 
@@ -257,7 +259,7 @@ def test_bombs_are_bounded_or_refused_and_never_reach_the_model(client, model):
 def test_a_worker_whose_decode_budget_stays_full_answers_503_overloaded(model, monkeypatch):
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     app = create_app(Settings(max_decode_bytes=2**20, grpc_timeout=0.2), model_client=model)
-    budget = app.extensions["kitchenware_gateway"].decode_budget
+    budget = app.extensions["kitchenware_gateway"].memory
     with budget.reserve(budget.total, timeout=0):  # another thread's decode, still running
         busy = app.test_client().post("/predict", data=photo(), content_type="image/jpeg")
     assert busy.status_code == 503
@@ -286,6 +288,22 @@ def test_a_file_field_sent_as_text_is_told_to_be_a_file_upload(client, model):
     message = response.get_json()["error"]["message"]
     assert "not a file upload" in message and "file=@" in message
     assert model.sent == []
+
+
+@pytest.mark.parametrize(
+    "filename", ["../../x.jpg", "/etc/passwd", "..\\..\\x.jpg", "C:\\photos\\x.jpg", "", "a" * 5000]
+)
+def test_a_file_upload_is_a_file_whatever_its_filename(client, model, filename):
+    """Issue 21 reported `filename="../../x.jpg"` refused as a text value (not reproduced
+    with werkzeug 3.1.9): the name is only a label, never a path, and is shortened."""
+    body, content_type = multipart(("file", filename, photo()))
+    response = client.post("/predict", data=body, content_type=content_type)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert len(model.sent) == 1
+    empty, content_type = multipart(("file", filename, b""))
+    message = client.post("/predict", data=empty, content_type=content_type).get_json()
+    assert message["error"]["message"].endswith(" is empty")
+    assert len(message["error"]["message"]) < 200
 
 
 def test_other_form_fields_are_named_when_file_is_missing(client):
