@@ -4,6 +4,8 @@ Raw bytes over a socket to the proxy on 127.0.0.1: bad chunked bodies, truncated
 bodies and requests the proxy refuses before gunicorn sees them (long URL, big
 headers or heads, contradictory lengths, bad bytes, unknown versions and codings).
 No model server is needed: every request here fails before one would be asked.
+Transfer codings the gateway does not implement are also sent to gunicorn alone
+(`make serve`, the demo), which must answer the same JSON 501.
 """
 
 from __future__ import annotations
