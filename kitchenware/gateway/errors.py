@@ -63,6 +63,12 @@ class ModelServerFailed(GatewayError):
     status, code = 502, "model_server_error"
 
 
+class TransferCodingNotImplemented(GatewayError):
+    """The request's Transfer-Encoding names a coding the gateway does not decode."""
+
+    status, code = 501, "not_implemented"
+
+
 class ExplainUnsupported(GatewayError):
     """The served model has no `explain` signature: the gateway cannot explain with it."""
 

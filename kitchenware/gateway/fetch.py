@@ -7,11 +7,16 @@ admin pages. So, for the first request and for every redirect hop:
 1. only http and https are accepted;
 2. the host name is resolved here, and every address it resolves to is vetted
    (private, loopback, link-local, multicast, reserved, unspecified, shared and
-   cloud-metadata addresses are refused, also when hidden inside IPv6 forms
-   such as IPv4-mapped addresses) - before any connection is made;
+   cloud-metadata addresses are refused, also when hidden inside an IPv6 form
+   that embeds or translates an IPv4 address: mapped, compatible, translated,
+   NAT64, 6to4, Teredo, ISATAP) - before any connection is made;
 3. the connection goes to the vetted address itself, with the original host
    name sent as Host header, TLS SNI and certificate name, so a second DNS
    answer (DNS rebinding) cannot swap the address afterwards.
+
+A redirect's Location is held to the same rules; one that is unparsable or points
+somewhere refused is the server's fault, not the user's: FetchFailed (502) naming
+the problem, where the user's own URL would be UrlRefused (422).
 
 Downloads are streamed with a byte cap, connect and read timeouts, and one
 overall deadline, so a slow or endless URL cannot hold a worker.
@@ -20,12 +25,13 @@ overall deadline, so a slow or endless URL cannot hold a worker.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import urllib3
 import urllib3.connection
@@ -60,9 +66,18 @@ ALWAYS_REFUSED_NETWORKS = (
     ipaddress.ip_network("fe80::/10"),
 )
 METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "instance-data"})
-NAT64_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
-# ::a.b.c.d, the deprecated "IPv4-compatible" form (:: and ::1 excluded).
-IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+# IPv6 forms that embed or translate an IPv4 address (see _embedded_ipv4s).
+IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")  # ::ffff:a.b.c.d
+IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # ::ffff:0:a.b.c.d (RFC 2765, SIIT)
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # ::a.b.c.d, deprecated (:: and ::1 excluded)
+NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052
+# RFC 8215: a network picks its own prefix inside it, and its length is not known here.
+NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")
+NAT64_LOCAL_USE_LENGTHS = (48, 56, 64, 96)  # the RFC 6052 layouts that fit inside the /48
+# Forms that name the IPv4 host itself (the host's own stack, or a NAT64 gateway, relays
+# to it): with private URLs refused they are judged by that IPv4 address alone. DNS64
+# answers 64:ff9b::a.b.c.d for every IPv4-only site in an IPv6-only cluster.
+IPV4_HOST_FORMS = (IPV4_MAPPED, NAT64_WELL_KNOWN)
 
 _PRIVATE_CHECKS = (
     ("is_unspecified", "an unspecified address"),
@@ -81,41 +96,65 @@ def normalised(ip: IPAddress) -> IPAddress:
     return ip
 
 
-def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address carries (mapped, compatible, 6to4, Teredo, NAT64,
-    ISATAP), if any."""
+def rfc6052_ipv4(value: int, length: int) -> ipaddress.IPv4Address:
+    """The IPv4 address inside the IPv6 address `value` under an RFC 6052 prefix of
+    `length` bits (32, 40, 48, 56, 64 or 96): the IPv4 bits follow the prefix and skip
+    bits 64-71, the "u" octet."""
+    if length == 96:
+        return ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    before = max(0, 64 - length)  # IPv4 bits between the prefix and the u octet
+    after = 32 - before  # IPv4 bits from bit 72 on
+    high = (value >> 64) & ((1 << before) - 1)
+    low = (value >> (56 - after)) & ((1 << after) - 1)
+    return ipaddress.IPv4Address((high << after) | low)
+
+
+def _embedded_ipv4s(ip: IPAddress) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address an IPv6 address may carry or translate to: mapped, translated,
+    compatible, NAT64 (well-known; local-use in each layout it may have), 6to4, Teredo
+    (server and client) and ISATAP. Empty for other addresses."""
     if ip.version != 6:
-        return None
-    low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
+        return []
+    value = int(ip)
+    low32 = ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    found: list[ipaddress.IPv4Address] = []
+    if ip in IPV4_MAPPED or ip in IPV4_TRANSLATED or ip in NAT64_WELL_KNOWN:
+        found.append(low32)
+    if ip in IPV4_COMPATIBLE and value > 1:
+        found.append(low32)
+    if ip in NAT64_LOCAL_USE:
+        found.extend(rfc6052_ipv4(value, length) for length in NAT64_LOCAL_USE_LENGTHS)
     if ip.sixtofour is not None:
-        return ip.sixtofour
+        found.append(ip.sixtofour)
     if ip.teredo is not None:
-        return ip.teredo[1]
-    if any(ip in prefix for prefix in NAT64_PREFIXES):
-        return low32
-    if ip in IPV4_COMPATIBLE and int(ip) > 1:
-        return low32
-    if (int(ip) >> 32) & 0xFDFFFFFF == 0x00005EFE:  # ISATAP interface id (0000|0200):5efe
-        return low32
-    return None
+        found.extend(ip.teredo)  # (server, client): refusing on either is the safe side
+    if (value >> 32) & 0xFDFFFFFF == 0x00005EFE:  # ISATAP interface id (0000|0200):5efe
+        found.append(low32)
+    return list(dict.fromkeys(found))
 
 
 def refusal_reason(ip: IPAddress, allow_private: bool = False) -> str | None:
-    """Why the gateway must not connect to `ip`, or None when it may."""
+    """Why the gateway must not connect to `ip`, or None when it may.
+
+    Metadata and link-local addresses are refused in every mode, also inside any IPv6
+    form of them; with `allow_private` False so are private and special addresses.
+    """
     ip = normalised(ip)
     if ip in METADATA_ADDRESSES:
         return "a cloud metadata address"
     if any(ip in net for net in ALWAYS_REFUSED_NETWORKS if net.version == ip.version):
         return "a link-local address"
-    inner = _embedded_ipv4(ip)
-    if inner is not None:
-        reason = refusal_reason(inner, allow_private)
-        if reason is not None:
-            return f"{reason} ({inner} inside {ip})"
+    inner = _embedded_ipv4s(ip)
+    # Refusals in every mode first, so the worst reason is the one named.
+    for mode in dict.fromkeys((True, allow_private)):
+        for candidate in inner:
+            reason = refusal_reason(candidate, mode)
+            if reason is not None:
+                return f"{reason} ({candidate} inside {ip})"
     if allow_private:
         return None
+    if inner and any(ip in form for form in IPV4_HOST_FORMS):
+        return None  # the IPv4 host itself, already judged above
     for attribute, reason in _PRIVATE_CHECKS:
         if getattr(ip, attribute):
             return reason
@@ -217,6 +256,30 @@ class Target:
     address: str  # the vetted IP we connect to
 
 
+class _Refused(Exception):
+    """Why a URL may not be fetched, worded for the user's own URL (`message`) and for a
+    redirect's Location (`unusable`: the Location itself is broken; else `which`, the
+    end of "... redirects to <url>, which is ...")."""
+
+    def __init__(self, message: str, unusable: bool = False, which: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.unusable = unusable
+        self.which = which
+
+
+def _unusable(message: str) -> _Refused:
+    return _Refused(message, unusable=True)
+
+
+# A host name as the resolver may see it (after IDNA): letters, digits, "-", "_", ".".
+HOST_NAME = re.compile(r"[a-z0-9_.-]+")
+# userinfo@ then a bracketed IPv6 literal with an optional port, or no brackets at all.
+NETLOC = re.compile(r"(?:[^@]*@)?(?:\[[^\[\]]*\](?::[^\[\]]*)?|[^\[\]]*)")
+# Kept as they are in the request line; anything else (spaces, non-ASCII) is %-encoded.
+PATH_SAFE = "/:@!$&'()*+,;=-._~%?[]"
+
+
 class UrlFetcher:
     """Fetches image bytes from public http(s) URLs; thread-safe, holds no connections."""
 
@@ -242,31 +305,47 @@ class UrlFetcher:
 
     def vet(self, url: str, deadline: float | None = None) -> Target:
         """Parse, resolve and vet `url`; raises UrlRefused (or FetchFailed if unresolvable)."""
+        try:
+            return self._vet(url, deadline)
+        except _Refused as exc:
+            raise UrlRefused(exc.message) from None
+
+    def _vet(self, url: str, deadline: float | None = None) -> Target:
+        """vet(), raising _Refused, so a redirect can word the refusal as the server's fault."""
         if deadline is None:
             deadline = time.monotonic() + self.timeout
         if not isinstance(url, str) or not url.strip():
-            raise UrlRefused("the URL is empty")
+            raise _unusable("the URL is empty")
         url = url.strip()
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+            raise _unusable("the URL contains a control character")
         try:
             parts = urlsplit(url)
             port = parts.port
+            if not NETLOC.fullmatch(parts.netloc):
+                raise ValueError(f"malformed host part {parts.netloc!r}")
         except ValueError as exc:
-            raise UrlRefused(f"not a valid URL: {exc}") from None
+            raise _unusable(f"not a valid URL: {exc}") from None
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
             shown = f"{scheme}://" if scheme else "a URL without a scheme"
-            raise UrlRefused(f"only http:// and https:// URLs are accepted, not {shown}")
+            raise _unusable(f"only http:// and https:// URLs are accepted, not {shown}")
         hostname = (parts.hostname or "").rstrip(".")
         if not hostname:
-            raise UrlRefused("the URL has no host name")
+            raise _unusable("the URL has no host name")
         try:
             ascii_host = hostname.encode("idna").decode("ascii").lower()
         except UnicodeError:
-            raise UrlRefused(f"invalid host name {hostname!r}") from None
+            raise _unusable(f"invalid host name {hostname!r}") from None
+        if not (_is_ip_literal(ascii_host) or HOST_NAME.fullmatch(ascii_host)):
+            raise _unusable(f"invalid host name {hostname!r}")
         if ascii_host in METADATA_HOSTS:
-            raise UrlRefused(f"{hostname} is a cloud metadata service")
+            raise _Refused(
+                f"{hostname} is a cloud metadata service",
+                which=", which is a cloud metadata service",
+            )
         if port == 0:
-            raise UrlRefused("port 0 is not a port one can connect to")
+            raise _unusable("port 0 is not a port one can connect to")
         port = port or (443 if scheme == "https" else 80)
         addresses = self._resolve(ascii_host, port, deadline)
         for ip in addresses:
@@ -274,13 +353,16 @@ class UrlFetcher:
             if reason is not None:
                 literal = len(addresses) == 1 and _is_ip_literal(ascii_host)
                 shown = hostname if literal else f"{hostname} resolves to {ip}, which"
-                raise UrlRefused(f"{shown} is {reason}; refusing to fetch it")
+                which = "" if literal else f", whose host {hostname} resolves to {ip}"
+                raise _Refused(f"{shown} is {reason}; refusing to fetch it",
+                               which=f"{which}, which is {reason}")  # fmt: skip
         default_port = 443 if scheme == "https" else 80
         bracketed = f"[{ascii_host}]" if ":" in ascii_host else ascii_host
         host_header = bracketed if port == default_port else f"{bracketed}:{port}"
         path = parts.path or "/"
         if parts.query:
             path = f"{path}?{parts.query}"
+        path = quote(path, safe=PATH_SAFE)  # as browsers send them: spaces, non-ASCII %-encoded
         return Target(url, scheme, ascii_host, host_header, port, path, str(addresses[0]))
 
     def _refusal(self, ip: IPAddress) -> str | None:
@@ -326,16 +408,32 @@ class UrlFetcher:
     def fetch(self, url: str) -> bytes:
         """The body of `url` after at most `max_redirects` vetted redirects."""
         deadline = time.monotonic() + self.timeout
-        current = url
+        target = self.vet(url, deadline)  # the user's own URL: refusals are theirs (422)
         for hop in range(self.max_redirects + 1):
-            target = self.vet(current, deadline)
             location = self._get(target, deadline)
             if isinstance(location, bytes):
                 return location
             if hop == self.max_redirects:
                 break
-            current = urljoin(target.url, location)
+            target = self._vet_redirect(target, location, deadline)
         raise FetchFailed(f"{url} redirects more than {self.max_redirects} times")
+
+    def _vet_redirect(self, target: Target, location: str, deadline: float) -> Target:
+        """The next hop; a Location that is unusable or refused is the server's fault (502)."""
+        try:
+            current = urljoin(target.url, location.strip())
+        except ValueError as exc:
+            raise FetchFailed(
+                f"{target.url} redirects to an unusable Location {location!r}: {exc}"
+            ) from None
+        try:
+            return self._vet(current, deadline)
+        except _Refused as exc:
+            if exc.unusable:
+                raise FetchFailed(
+                    f"{target.url} redirects to an unusable Location {location!r}: {exc.message}"
+                ) from None
+            raise FetchFailed(f"{target.url} redirects to {current}{exc.which}") from None
 
     def _get(self, target: Target, deadline: float) -> bytes | str:
         """Body bytes, or the Location of a redirect."""

@@ -4,6 +4,8 @@ Raw bytes over a socket to the proxy on 127.0.0.1: bad chunked bodies, truncated
 bodies and requests the proxy refuses before gunicorn sees them (long URL, big
 headers or heads, contradictory lengths, bad bytes, unknown versions and codings).
 No model server is needed: every request here fails before one would be asked.
+Transfer codings the gateway does not implement are also sent to gunicorn alone
+(`make serve`, the demo), which must answer the same JSON 501.
 """
 
 from __future__ import annotations
@@ -20,12 +22,30 @@ from devtools.stack import free_port
 READ_TIMEOUT_S = 15
 
 
+def _started(work, proxy: bool):
+    return guarded_gateway(work, {"TF_SERVING_HOST": f"127.0.0.1:{free_port()}",
+                                  "GRPC_TIMEOUT": "2",
+                                  "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics")},
+                           proxy=proxy)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    work = tmp_path_factory.mktemp("gateway-protocol")
-    gw = guarded_gateway(work, {"TF_SERVING_HOST": f"127.0.0.1:{free_port()}",
-                                "GRPC_TIMEOUT": "2",
-                                "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics")})  # fmt: skip
+    gw = _started(tmp_path_factory.mktemp("gateway-protocol"), proxy=True)
+    try:
+        gw.start()
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest.fixture(scope="module", params=["proxy", "gunicorn-alone"])
+def either_gateway(request, gateway, tmp_path_factory):
+    """The deployed pair, then gunicorn alone (`make serve`, the demo)."""
+    if request.param == "proxy":
+        yield gateway
+        return
+    gw = _started(tmp_path_factory.mktemp("gateway-protocol-alone"), proxy=False)
     try:
         gw.start()
         yield gw
@@ -161,3 +181,35 @@ def test_the_gateway_still_serves_after_refusals(gateway):
     status, headers, body = exchange(gateway, request("GET /healthz HTTP/1.1\nHost: gw\n"
                                                       "Connection: close\n"))  # fmt: skip
     assert status == 200 and json.loads(body) == {"status": "ok"}
+
+
+# -- transfer codings the gateway does not implement (issue 21) ------------------------
+
+UNIMPLEMENTED_CODINGS = ["gzip, chunked", "deflate, chunked", "compress,chunked", "GZIP , Chunked"]
+
+
+@pytest.mark.parametrize("coding", UNIMPLEMENTED_CODINGS)
+@pytest.mark.parametrize("path", ["/predict", "/healthz"])
+def test_a_transfer_coding_the_gateway_does_not_implement_is_a_json_501(
+    either_gateway, coding, path
+):
+    """gunicorn accepts gzip/deflate/compress before chunked but never decodes them: the
+    app read the compressed bytes as the body (a GET /healthz answered 200). Both fronts
+    now answer 501 in JSON and close the connection."""
+    method = "GET" if path == "/healthz" else "POST"
+    head = f"{method} {path} HTTP/1.1\nHost: gw\nContent-Type: application/json\n"
+    raw = request(head + f"Transfer-Encoding: {coding}\n", b'7\r\n{"a":1}\r\n0\r\n\r\n')
+    status, headers, body = exchange(either_gateway, raw)
+    assert status == 501, body[:500]
+    assert headers.get("content-type", "").startswith("application/json"), headers
+    error = json.loads(body)["error"]
+    assert error["code"] == "not_implemented"
+    assert "transfer-encoding" in error["message"].lower()
+    assert headers.get("connection", "").lower() == "close", headers
+
+
+def test_plain_chunked_still_reaches_the_app_on_both_fronts(either_gateway):
+    raw = request("POST /predict HTTP/1.1\nHost: gw\nContent-Type: image/jpeg\n"
+                  "Transfer-Encoding:  Chunked \nConnection: close\n",
+                  b"5\r\nhello\r\n0\r\n\r\n")  # fmt: skip
+    assert json_error(either_gateway, raw, 415)["code"] == "not_an_image"

@@ -66,3 +66,56 @@ class TricklingServer:
     def __exit__(self, *exc) -> None:
         self.stopping.set()
         self.listener.close()
+
+
+class RedirectServer:
+    """A web server on 127.0.0.1 that answers every request `302` with `location`, raw.
+
+    `location` is bytes and goes onto the wire as it is (no quoting, no validation),
+    so a test can send any Location a hostile server could: unparsable URLs, control
+    characters, other schemes, addresses the fetcher must refuse. `served` counts
+    connections. Set `location` before each request; one test drives it at a time.
+    """
+
+    def __init__(self, location: bytes = b"/") -> None:
+        self.location = location
+        self.stopping = threading.Event()
+        self.served = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/photo.jpg"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.served += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.settimeout(5)
+                head = b""
+                while b"\r\n\r\n" not in head and len(head) < 65536:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    head += chunk
+                conn.sendall(
+                    b"HTTP/1.1 302 Found\r\nLocation: " + self.location + b"\r\n"
+                    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+            except OSError:
+                return
+
+    def __enter__(self) -> RedirectServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.listener.close()

@@ -348,3 +348,19 @@ def test_a_body_shorter_than_its_content_length_is_a_400(client, model):
     assert response.status_code == 400
     assert response.get_json()["error"]["message"].startswith("the request body ended early")
     assert model.sent == []
+
+
+def test_a_url_whose_server_redirects_to_an_unparsable_location_is_a_json_502(model, monkeypatch):
+    """Issue 21: `Location: http://[::1` made urljoin raise ValueError, answered 500."""
+    from support.hostile import RedirectServer
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    settings = Settings(max_batch=4, max_image_bytes=200_000, allow_private_urls=True)
+    client = create_app(settings, model_client=model).test_client()
+    with RedirectServer(b"http://[::1") as server:
+        response = client.post("/predict", json={"url": server.url})
+    assert response.status_code == 502, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == "fetch_failed"
+    assert "unusable Location 'http://[::1': Invalid IPv6 URL" in error["message"]
+    assert model.sent == []
