@@ -45,16 +45,21 @@ def post_retrying_overload(url: str, data: bytes, content_type: str) -> int:
     raise AssertionError("still overloaded after 600 tries")
 
 
-@pytest.mark.slow
-def test_bombs_and_photos_at_once_under_the_gateway_memory_limit(
-    exported_model, sample_photos, tmp_path
-):
+def cgroup_ready(exported_model, tmp_path) -> tuple:
+    """(a model base path for the server, the manifest's memory limit), or skip."""
     reason = MemoryCgroup.unavailable()
     if reason:
         pytest.skip(reason)
     base = tmp_path / "models" / "kitchenware"
     shutil.copytree(exported_model, base)
-    limit = manifest_memory_limit()
+    return base, manifest_memory_limit()
+
+
+@pytest.mark.slow
+def test_bombs_and_photos_at_once_under_the_gateway_memory_limit(
+    exported_model, sample_photos, tmp_path
+):
+    base, limit = cgroup_ready(exported_model, tmp_path)
     bombs = {"gif": gif_screen(), "png": palette_png(), "webp": animated_webp()}
     requests_to_send = (
         [("gif", bombs["gif"])] * 8
@@ -143,12 +148,7 @@ def test_json_worst_case_under_the_gateway_memory_limit(exported_model, sample_p
     (no proxy in front to bound them), under the manifest's memory limit: no worker
     dies, the cgroup never reaches its limit, every request gets its documented answer
     (a 503 `overloaded` from the worker's memory budget is retried, as clients do)."""
-    reason = MemoryCgroup.unavailable()
-    if reason:
-        pytest.skip(reason)
-    base = tmp_path / "models" / "kitchenware"
-    shutil.copytree(exported_model, base)
-    limit = manifest_memory_limit()
+    base, limit = cgroup_ready(exported_model, tmp_path)
     attacks = json_attacks(sample_photos[0].read_bytes())
     workers, threads = 2, 4
     with ModelServer(base, tmp_path) as server:

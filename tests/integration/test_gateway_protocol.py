@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
+from contextlib import contextmanager
 
 import pytest
 from support.paths import guarded_gateway
@@ -29,14 +30,20 @@ def _started(work, proxy: bool):
                            proxy=proxy)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
-    gw = _started(tmp_path_factory.mktemp("gateway-protocol"), proxy=True)
+@contextmanager
+def _running(work, proxy: bool):
+    gw = _started(work, proxy)
     try:
         gw.start()
         yield gw
     finally:
         gw.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    with _running(tmp_path_factory.mktemp("gateway-protocol"), proxy=True) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="module", params=["proxy", "gunicorn-alone"])
@@ -45,12 +52,8 @@ def either_gateway(request, gateway, tmp_path_factory):
     if request.param == "proxy":
         yield gateway
         return
-    gw = _started(tmp_path_factory.mktemp("gateway-protocol-alone"), proxy=False)
-    try:
-        gw.start()
+    with _running(tmp_path_factory.mktemp("gateway-protocol-alone"), proxy=False) as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
 def exchange(gw, raw: bytes) -> tuple[int, dict[str, str], bytes]:

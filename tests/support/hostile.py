@@ -1,4 +1,5 @@
-"""Hostile peers for tests: a web server that answers one byte at a time."""
+"""Hostile peers for tests: web servers on 127.0.0.1 that answer one byte at a time, or
+with any redirect a hostile server could send."""
 
 from __future__ import annotations
 
@@ -7,24 +8,16 @@ import threading
 import time
 
 
-class TricklingServer:
-    """A web server on 127.0.0.1 that sends its answer one byte per `interval` seconds.
+class LoopbackServer:
+    """A raw-socket web server on 127.0.0.1, one thread per connection; `served` counts
+    connections. Subclasses write `_answer(conn)`."""
 
-    `stage` picks where it dawdles: "status" (in the status line), "header" (a header
-    line), "chunk" (a chunk-size line of a chunked body). `served` counts connections.
-    """
-
-    def __init__(self, interval: float = 1.0, total_s: float = 60.0) -> None:
-        self.interval = interval
-        self.total_s = total_s
+    def __init__(self) -> None:
         self.stopping = threading.Event()
         self.served = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
-
-    def url(self, stage: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{stage}"
 
     def _serve(self) -> None:
         while not self.stopping.is_set():
@@ -34,6 +27,33 @@ class TricklingServer:
                 return
             self.served += 1
             threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.listener.close()
+
+
+class TricklingServer(LoopbackServer):
+    """A web server on 127.0.0.1 that sends its answer one byte per `interval` seconds.
+
+    `stage` picks where it dawdles: "status" (in the status line), "header" (a header
+    line), "chunk" (a chunk-size line of a chunked body). `served` counts connections.
+    """
+
+    def __init__(self, interval: float = 1.0, total_s: float = 60.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self.total_s = total_s
+
+    def url(self, stage: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{stage}"
 
     def _answer(self, conn: socket.socket) -> None:
         with conn:
@@ -59,16 +79,8 @@ class TricklingServer:
             except OSError:
                 return
 
-    def __enter__(self) -> TricklingServer:
-        self.thread.start()
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.stopping.set()
-        self.listener.close()
-
-
-class RedirectServer:
+class RedirectServer(LoopbackServer):
     """A web server on 127.0.0.1 that answers every request `302` with `location`, raw.
 
     `location` is bytes and goes onto the wire as it is (no quoting, no validation),
@@ -78,22 +90,9 @@ class RedirectServer:
     """
 
     def __init__(self, location: bytes = b"/") -> None:
+        super().__init__()
         self.location = location
-        self.stopping = threading.Event()
-        self.served = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/photo.jpg"
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-
-    def _serve(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.served += 1
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
         with conn:
@@ -111,11 +110,3 @@ class RedirectServer:
                 )
             except OSError:
                 return
-
-    def __enter__(self) -> RedirectServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stopping.set()
-        self.listener.close()
