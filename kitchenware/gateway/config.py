@@ -63,6 +63,15 @@ class Settings:
 
     def __post_init__(self) -> None:
         settings.check_fields(self)
+        if self.max_decode_bytes < self.max_image_bytes:
+            raise SettingsError(
+                settings.refusal(
+                    MAX_DECODE_BYTES,
+                    self.max_decode_bytes,
+                    f"a worker must be able to hold one image of MAX_IMAGE_BYTES "
+                    f"({self.max_image_bytes:,} bytes) while it downloads or decodes it",
+                )
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

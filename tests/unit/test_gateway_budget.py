@@ -1,4 +1,5 @@
-"""The gateway's per-worker decode budget, and what a client sees when it runs out."""
+"""The gateway's per-worker memory budget (bodies, downloads, decodes), and what a client sees
+when it runs out."""
 
 from __future__ import annotations
 
@@ -53,4 +54,20 @@ def test_an_error_inside_the_block_returns_the_reservation():
     with pytest.raises(RuntimeError):
         with budget.reserve(10, timeout=0):
             raise RuntimeError("decode failed")
+    assert budget.in_use == 0
+
+
+def test_a_reservation_grows_and_gives_back_what_it_no_longer_holds():
+    """A request reserves its body's worst case, keeps only its images' bytes once parsed,
+    and grows by one image per download."""
+    budget = MemoryBudget(100)
+    with budget.reserve(70, timeout=0) as request:
+        request.give_back(50)  # parsed: 20 bytes of images stay
+        assert budget.in_use == 20 and request.nbytes == 20
+        request.grow(80, timeout=0)  # a download may bring the largest image
+        with pytest.raises(BudgetExhausted):
+            request.grow(1, timeout=0.05)
+        request.give_back(1000)  # more than it holds: gives back what it has
+        assert request.nbytes == 0 and budget.in_use == 0
+        request.grow(30, timeout=0)
     assert budget.in_use == 0

@@ -18,7 +18,7 @@ from PIL import Image
 
 from kitchenware.core.labels import CLASSES
 from kitchenware.gateway import create_app
-from kitchenware.gateway.config import Settings
+from kitchenware.gateway.config import ConfigError, Settings
 from kitchenware.serving.grpc_client import (
     ModelContractError,
     ModelMetadata,
@@ -256,16 +256,34 @@ def test_bombs_are_bounded_or_refused_and_never_reach_the_model(client, model):
     assert len(model.sent) == 1  # the GIF only
 
 
-def test_a_worker_whose_decode_budget_stays_full_answers_503_overloaded(model, monkeypatch):
+@pytest.mark.parametrize(
+    "taken, message",
+    [
+        (0, "too many large requests in this worker"),  # no room to read the body
+        (len(photo()), "too many large images being decoded"),  # room for the body only
+    ],
+)
+def test_a_worker_whose_memory_budget_stays_full_answers_503_overloaded(
+    model, monkeypatch, taken, message
+):
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    app = create_app(Settings(max_decode_bytes=2**20, grpc_timeout=0.2), model_client=model)
+    settings = Settings(max_decode_bytes=2**20, max_image_bytes=2**20, grpc_timeout=0.2)
+    app = create_app(settings, model_client=model)
     budget = app.extensions["kitchenware_gateway"].memory
-    with budget.reserve(budget.total, timeout=0):  # another thread's decode, still running
+    # Other threads' bodies and decodes, still running, leave `taken` bytes free.
+    with budget.reserve(budget.total - taken, timeout=0):
         busy = app.test_client().post("/predict", data=photo(), content_type="image/jpeg")
     assert busy.status_code == 503
     assert busy.get_json()["error"]["code"] == "overloaded"
+    assert message in busy.get_json()["error"]["message"]
+    assert budget.in_use == 0  # everything the refused request held is given back
     ok = app.test_client().post("/predict", data=photo(), content_type="image/jpeg")
     assert ok.status_code == 200
+
+
+def test_a_worker_must_be_able_to_hold_one_image():
+    with pytest.raises(ConfigError, match="MAX_DECODE_BYTES=1048576 is not valid"):
+        Settings(max_decode_bytes=2**20, max_image_bytes=2**21)
 
 
 def multipart(*parts: tuple[str, str | None, bytes]) -> tuple[bytes, str]:
@@ -364,3 +382,18 @@ def test_a_url_whose_server_redirects_to_an_unparsable_location_is_a_json_502(mo
     assert error["code"] == "fetch_failed"
     assert "unusable Location 'http://[::1': Invalid IPv6 URL" in error["message"]
     assert model.sent == []
+
+
+def test_a_url_download_waits_for_room_for_the_largest_image(model, monkeypatch):
+    """A batch of URLs used to hold up to MAX_BATCH x MAX_IMAGE_BYTES unaccounted: each
+    download now holds the largest image in the worker's budget while it runs."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    settings = Settings(max_decode_bytes=2**20, max_image_bytes=2**20, grpc_timeout=0.2,
+                        allow_private_urls=True)  # fmt: skip
+    app = create_app(settings, model_client=model)
+    budget = app.extensions["kitchenware_gateway"].memory
+    with budget.reserve(budget.total // 2, timeout=0):  # half the budget held elsewhere
+        busy = app.test_client().post("/predict", json={"url": "http://127.0.0.1:9/a.jpg"})
+    assert busy.status_code == 503, busy.get_data(as_text=True)
+    assert "too many downloads in this worker" in busy.get_json()["error"]["message"]
+    assert budget.in_use == 0 and model.sent == []
