@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -180,7 +181,7 @@ def test_json_worst_case_under_the_gateway_memory_limit(exported_model, sample_p
             replaced = sorted(gateway.worker_pids()) != pids
     print(f"\nRSS before {baseline / 2**20:.0f} MiB + cgroup peak {peak / 2**20:.0f} MiB = "
           f"{(baseline + peak) / 2**20:.0f} MiB of {limit / 2**20:.0f} MiB; OOM kills {kills}, "
-          f"workers replaced: {replaced}; answers {sorted(set(answers), key=str)}")  # fmt: skip
+          f"workers replaced: {replaced}; answers {sorted(Counter(answers).items(), key=str)}")  # fmt: skip
     expected = {name: status for name, _, status in attacks}
     assert kills == 0 and not replaced
     assert set(answers) == set(expected.items())
