@@ -5,6 +5,10 @@ signature contract comes from saved_model.pb (read with protobuf alone), and the
 string outputs OpenVINO cannot produce (`classes`) are filled from the values the
 export recorded, so a client cannot tell this runtime from TensorFlow.
 
+Signatures may share one IR (kitchenware.export.openvino_ir): an entry that names
+the host IR's outputs it uses (`ir_outputs`) is compiled from a model with only
+those outputs, and each xml is read once however many signatures use it.
+
 Speed on a CPU comes from several infer requests in flight, not one big
 synchronous call: a compiled model with PERFORMANCE_HINT=THROUGHPUT gets a pool
 of infer requests, and every row of a batch runs as its own request.
@@ -123,7 +127,8 @@ def thread_count() -> int:
 class IrFunction:
     """One signature's IR, compiled once, called like the SavedModel's function."""
 
-    def __init__(self, core, xml: Path, entry: dict, threads: int):
+    def __init__(self, core, model, entry: dict, threads: int, name: str = ""):
+        """`model`: the IR as read (ov.Model); an entry with `ir_outputs` uses only those."""
         self.input_name = entry["input"]
         self.numeric = list(entry["outputs"])  # IR output i -> this alias
         self.dtypes = {k: np.dtype(v) for k, v in entry["output_dtypes"].items()}
@@ -132,7 +137,16 @@ class IrFunction:
             k: np.array([v.encode() for v in row], dtype=object)
             for k, row in entry.get("constant_rows", {}).items()
         }
-        model = core.read_model(str(xml))
+        if "ir_outputs" in entry:
+            import openvino as ov
+
+            # Another signature's IR: keep only these outputs (OpenVINO drops what they do
+            # not need). From a clone, so the read model that others compile stays as read.
+            full = model.clone()
+            outputs = [full.output(int(i)) for i in entry["ir_outputs"]]
+            if len(outputs) != len(self.numeric):
+                raise ValueError(f"ir_outputs {entry['ir_outputs']} do not match {self.numeric}")
+            model = ov.Model(outputs, full.get_parameters(), name or self.input_name)
         self.compiled = core.compile_model(
             model,
             "CPU",
@@ -202,12 +216,17 @@ class OpenVinoVersion:
         core = ov.Core()
         self.functions: dict[str, IrFunction] = {}
         folder = self.version_dir / OPENVINO_DIR
+        read: dict[str, object] = {}  # xml file name -> model: a shared IR is read once
         for name, entry in manifest["signatures"].items():
             xml = folder / entry["xml"]
             try:
-                self.functions[name] = IrFunction(core, xml, entry, self.threads)
+                if entry["xml"] not in read:
+                    read[entry["xml"]] = core.read_model(str(xml))
+                self.functions[name] = IrFunction(
+                    core, read[entry["xml"]], entry, self.threads, name
+                )
             except Exception as exc:  # OpenVINO raises RuntimeError for a bad IR
-                raise OpenVinoUnavailable(f"cannot compile {xml}: {exc}") from None
+                raise OpenVinoUnavailable(f"cannot compile {xml} for {name!r}: {exc}") from None
         first = next(iter(self.functions.values()), None)
         self.precision = first.precision if first else ""
         self.requests = first.requests if first else 0
