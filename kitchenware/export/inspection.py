@@ -67,7 +67,8 @@ def describe_version(version_dir: Path) -> dict:
 
 
 def _openvino(version_dir: Path) -> dict | None:
-    """Which signatures carry an OpenVINO IR (and why others do not); None: no IR at all."""
+    """Which signatures carry an OpenVINO IR (why others do not, which share another's IR);
+    None: no IR at all."""
     path = version_dir / OPENVINO_DIR / OPENVINO_MANIFEST
     if not path.is_file():
         return None
@@ -76,9 +77,24 @@ def _openvino(version_dir: Path) -> dict | None:
         return {
             "signatures": sorted(manifest["signatures"]),
             "not_converted": dict(manifest.get("not_converted", {})),
+            # signature -> the one whose IR it runs on (older manifests: none share)
+            "shares": {
+                name: {
+                    "signature": entry["shares"],
+                    "xml": entry["xml"],
+                    "outputs": list(entry["outputs"]),
+                }
+                for name, entry in sorted(manifest["signatures"].items())
+                if "shares" in entry
+            },
         }
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return {"signatures": [], "not_converted": {}, "error": f"unreadable {path}: {exc}"}
+        return {
+            "signatures": [],
+            "not_converted": {},
+            "shares": {},
+            "error": f"unreadable {path}: {exc}",
+        }
 
 
 def inspect(path) -> list[dict]:
@@ -103,6 +119,11 @@ def format_inspection(found: list[dict]) -> str:
             lines.append("  OpenVINO IR: none (the model server runs it on TensorFlow)")
         else:
             lines.append(f"  OpenVINO IR: {', '.join(ir['signatures']) or 'none'}")
+            for key, host in ir.get("shares", {}).items():
+                lines.append(
+                    f"    '{key}' shares the IR of '{host['signature']}' ({host['xml']}, "
+                    f"output {', '.join(host['outputs'])})"
+                )
             for key, reason in ir["not_converted"].items():
                 lines.append(f"    no IR for '{key}': {reason}")
             if "error" in ir:
