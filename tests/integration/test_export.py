@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from kitchenware.cli import main
-from kitchenware.core.contract import EXPLAIN_SIGNATURE, SIGNATURE, WARMUP_FILE, versions
+from kitchenware.core.contract import (
+    EXPLAIN_SIGNATURE,
+    OPENVINO_DIR,
+    OPENVINO_MANIFEST,
+    SIGNATURE,
+    WARMUP_FILE,
+    versions,
+)
 from kitchenware.core.labels import CLASSES
 from kitchenware.export.layout import next_version
 from kitchenware.export.savedmodel import export_saved_model
@@ -131,6 +138,14 @@ def test_every_export_writes_a_warmup_record_its_signature_accepts(tiny_run, tmp
     finally:
         served.close()
     np.testing.assert_allclose(got, expected, atol=SELF_TEST_ATOL)
+    # serving_default runs on explain's IR only where the export found explain's
+    # probabilities equal to its own (TTA's mean over the mirror included); else it has
+    # its own IR (the fallback with a real mismatch: test_openvino_backend.py).
+    folder = version / OPENVINO_DIR
+    entry = json.loads((folder / OPENVINO_MANIFEST).read_text())["signatures"]["serving_default"]
+    own_ir = (folder / "serving_default.bin").is_file()
+    assert own_ir == ("shares" not in entry), entry
+    assert entry["xml"] == ("serving_default.xml" if own_ir else "explain.xml")
 
 
 @pytest.mark.slow
@@ -170,9 +185,19 @@ def test_inspect_shows_versions_and_signature(tiny_export, capsys):
     assert [v["version"] for v in found] == ["1"] and found[0]["warmup"] is True
     assert sorted(found[0]["signatures"]) == ["explain", "serving_default"]
     assert "OpenVINO IR: explain, serving_default" in text
+    assert (
+        "'serving_default' shares the IR of 'explain' (explain.xml, output probabilities)" in text
+    )
     assert found[0]["openvino"] == {
         "signatures": ["explain", "serving_default"],
         "not_converted": {},
+        "shares": {
+            "serving_default": {
+                "signature": "explain",
+                "xml": "explain.xml",
+                "outputs": ["probabilities"],
+            }
+        },
     }
 
 

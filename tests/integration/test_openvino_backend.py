@@ -1,5 +1,6 @@
-"""The OpenVINO backend's own rules: IR per signature, auto's choice, the self-test,
-no TensorFlow in its environment, and no usage statistics sent by the export.
+"""The OpenVINO backend's own rules: IR per signature (or shared with another), auto's
+choice, the self-test, no TensorFlow in its environment, and no usage statistics sent by
+the export.
 
 Everything a client sees is tested once per backend in the model-server suites
 (test_model_server*.py, test_warmup.py); these cases cover what only this backend has.
@@ -8,6 +9,7 @@ Everything a client sees is tested once per backend in the model-server suites
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -60,6 +62,122 @@ def two_signatures(tmp_path_factory):
     write_warmup(version, TINY_SIZE, signatures=(SIGNATURE,))
     manifest = write_ir(version)
     return version, manifest
+
+
+@pytest.fixture(scope="module")
+def peaky_model():
+    """A tiny real model whose logits are large: confident, different answers per image,
+    and an image and its mirror score differently. An untrained Xception's pooled
+    features differ between images by ~1e-6, hence the huge logit weights (f32 IR still
+    matches TensorFlow to ~3e-6 on them)."""
+    from kitchenware.training.model import build_model
+
+    model = build_model(size=TINY_SIZE, weights="none", inner=0, dropout=0.0, augment=False, seed=5)
+    logits = model.get_layer("logits")
+    kernel, bias = logits.get_weights()
+    logits.set_weights(
+        [np.random.default_rng(0).normal(0, 30_000, kernel.shape).astype("float32"), bias]
+    )
+    return model
+
+
+def assert_serves_like_tensorflow(version, monkeypatch) -> None:
+    """Both signatures on OpenVINO in f32 give TensorFlow's answers (classes: the same)."""
+    import tensorflow as tf
+
+    from kitchenware.export.openvino_ir import SHARE_ATOL
+    from kitchenware.model_server.openvino_runtime import PRECISION_ENV
+
+    images = np.random.default_rng(7).integers(0, 256, (4, TINY_SIZE, TINY_SIZE, 3), np.uint8)
+    images[:, :, : TINY_SIZE // 2] //= 3  # a dark left half: the mirror is another picture
+    monkeypatch.setenv(PRECISION_ENV, "f32")
+    model = LoadedVersion(version, 1, backend="openvino")
+    try:
+        assert model.backend == "openvino" and model.backend_detail["precision"] == "f32"
+        got = {
+            k: model.signatures[k].run({"image": images}) for k in (SIGNATURE, EXPLAIN_SIGNATURE)
+        }
+    finally:
+        model.close()
+    loaded = tf.saved_model.load(str(version))
+    for name, outputs in got.items():
+        want = {k: v.numpy() for k, v in loaded.signatures[name](image=tf.constant(images)).items()}
+        assert sorted(outputs) == sorted(want), name
+        assert outputs["classes"].tolist() == want["classes"].tolist()
+        for key in sorted(set(want) - {"classes"}):
+            assert outputs[key].dtype == want[key].dtype, (name, key)
+            np.testing.assert_allclose(outputs[key], want[key], atol=SHARE_ATOL, err_msg=name)
+    # not the same answer for every image: the comparison above can tell models apart
+    assert np.ptp(got[SIGNATURE]["probabilities"], axis=0).max() > 0.1
+
+
+def test_a_normal_export_has_one_ir_that_serving_default_shares(exported_model):
+    """explain's IR (all its numeric outputs) is the only one; serving_default runs on its
+    `probabilities`, and keeps its own self-test (TensorFlow's answer for it)."""
+    folder = exported_model / "1" / OPENVINO_DIR
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "explain.bin",
+        "explain.xml",
+        OPENVINO_MANIFEST,
+    ]
+    manifest = json.loads((folder / OPENVINO_MANIFEST).read_text())
+    explain, serving = (manifest["signatures"][k] for k in (EXPLAIN_SIGNATURE, SIGNATURE))
+    assert explain["xml"] == "explain.xml" and "shares" not in explain
+    assert explain["outputs"] == ["heatmap", "heatmaps", "probabilities"]
+    assert serving["shares"] == EXPLAIN_SIGNATURE and serving["xml"] == "explain.xml"
+    assert serving["outputs"] == ["probabilities"] and serving["ir_outputs"] == [2]
+    assert sorted(serving["self_test"]["expected"]) == ["probabilities"]
+    assert serving["constant_rows"] == explain["constant_rows"]
+
+
+def test_a_shared_ir_serves_both_signatures_like_tensorflow(peaky_model, tmp_path, monkeypatch):
+    from kitchenware.export.savedmodel import export_saved_model
+
+    version = export_saved_model(peaky_model, tmp_path / "kitchenware", 1)
+    manifest = json.loads((version / OPENVINO_DIR / OPENVINO_MANIFEST).read_text())
+    assert manifest["signatures"][SIGNATURE]["shares"] == EXPLAIN_SIGNATURE
+    assert [p.name for p in (version / OPENVINO_DIR).glob("*.bin")] == ["explain.bin"]
+    assert_serves_like_tensorflow(version, monkeypatch)
+
+
+def test_a_signature_that_answers_otherwise_gets_its_own_ir(
+    peaky_model, tmp_path, caplog, monkeypatch
+):
+    """Same input and output names, other probabilities: serving_default serves TTA's mean
+    over image and mirror, explain the image alone. The share check sees it (on the noise
+    image: the grey one is its own mirror) and converts serving_default on its own, which
+    is also the layout every manifest from before sharing has: it loads and serves."""
+    import tensorflow as tf
+
+    from kitchenware.export.openvino_ir import write_ir
+    from kitchenware.export.savedmodel import explain_function, serving_function, write_warmup
+
+    module = tf.Module()
+    module.model = peaky_model
+    module.serve = serving_function(peaky_model, tta="flip")
+    module.explain = explain_function(peaky_model, tta="none")
+    version = tmp_path / "kitchenware" / "1"
+    tf.saved_model.save(
+        module,
+        str(version),
+        signatures={SIGNATURE: module.serve, EXPLAIN_SIGNATURE: module.explain},
+    )
+    write_warmup(version, TINY_SIZE)
+    with caplog.at_level(logging.INFO, logger="kitchenware.export"):
+        manifest = write_ir(version)
+    assert sorted(manifest["signatures"]) == [EXPLAIN_SIGNATURE, SIGNATURE]
+    assert manifest["not_converted"] == {}
+    serving = manifest["signatures"][SIGNATURE]
+    assert serving["xml"] == "serving_default.xml"
+    assert "shares" not in serving and "ir_outputs" not in serving
+    bins = sorted(p.name for p in (version / OPENVINO_DIR).glob("*.bin"))
+    assert bins == ["explain.bin", "serving_default.bin"]
+    assert "'serving_default' cannot share 'explain'" in caplog.text
+    assert "probabilities from 'explain''s IR differs from its own" in caplog.text
+    (found,) = inspect(version)
+    assert found["openvino"]["shares"] == {}
+    assert "shares the IR" not in format_inspection([found])
+    assert_serves_like_tensorflow(version, monkeypatch)
 
 
 def test_a_signature_that_fails_to_convert_is_reported_and_the_rest_convert(two_signatures):
