@@ -44,8 +44,9 @@ GATEWAY_PORT = 9696
 
 SAVED_MODEL_FILE = "saved_model.pb"
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
-# OpenVINO IR of each signature, inside the version folder (TF Serving ignores it):
-# <version>/openvino/<signature>.xml/.bin and a manifest (kitchenware.export.openvino_ir).
+# OpenVINO IR of the signatures, inside the version folder (TF Serving ignores it):
+# <version>/openvino/<signature>.xml/.bin and a manifest (kitchenware.export.openvino_ir);
+# a signature whose outputs another's IR holds runs on that IR (no files of its own).
 OPENVINO_DIR = "openvino"
 OPENVINO_MANIFEST = "manifest.json"
 
