@@ -127,7 +127,7 @@ def thread_count() -> int:
 class IrFunction:
     """One signature's IR, compiled once, called like the SavedModel's function."""
 
-    def __init__(self, core, model, entry: dict, threads: int, name: str = ""):
+    def __init__(self, core, model, entry: dict, threads: int, name: str):
         """`model`: the IR as read (ov.Model); an entry with `ir_outputs` uses only those."""
         self.input_name = entry["input"]
         self.numeric = list(entry["outputs"])  # IR output i -> this alias
@@ -146,7 +146,7 @@ class IrFunction:
             outputs = [full.output(int(i)) for i in entry["ir_outputs"]]
             if len(outputs) != len(self.numeric):
                 raise ValueError(f"ir_outputs {entry['ir_outputs']} do not match {self.numeric}")
-            model = ov.Model(outputs, full.get_parameters(), name or self.input_name)
+            model = ov.Model(outputs, full.get_parameters(), name)
         self.compiled = core.compile_model(
             model,
             "CPU",

@@ -64,20 +64,32 @@ def two_signatures(tmp_path_factory):
     return version, manifest
 
 
+def varied_images() -> np.ndarray:
+    images = np.random.default_rng(7).integers(0, 256, (4, TINY_SIZE, TINY_SIZE, 3), np.uint8)
+    images[:, :, : TINY_SIZE // 2] //= 3  # a dark left half: the mirror is another picture
+    return images
+
+
 @pytest.fixture(scope="module")
 def peaky_model():
-    """A tiny real model whose logits are large: confident, different answers per image,
-    and an image and its mirror score differently. An untrained Xception's pooled
-    features differ between images by ~1e-6, hence the huge logit weights (f32 IR still
-    matches TensorFlow to ~3e-6 on them)."""
+    """A tiny real model with different, confident answers for varied_images() (and an
+    image and its mirror). An untrained Xception's pooled features differ between images
+    by ~1e-6 and by how much depends on what the process built before, so the logits
+    layer is fitted to them: random directions, scaled to a spread of ~3 per class
+    across those images, centred by the bias."""
     from kitchenware.training.model import build_model
 
     model = build_model(size=TINY_SIZE, weights="none", inner=0, dropout=0.0, augment=False, seed=5)
     logits = model.get_layer("logits")
     kernel, bias = logits.get_weights()
-    logits.set_weights(
-        [np.random.default_rng(0).normal(0, 30_000, kernel.shape).astype("float32"), bias]
-    )
+    kernel = np.random.default_rng(0).normal(0, 1, kernel.shape)
+    logits.set_weights([kernel.astype("float32"), np.zeros_like(bias)])
+    images = varied_images()
+    both = np.concatenate([images, images[:, :, ::-1]])
+    scale = 3 / np.asarray(model(both, training=False), dtype=np.float64).std(axis=0).mean()
+    logits.set_weights([(kernel * scale).astype("float32"), np.zeros_like(bias)])
+    centre = np.asarray(model(both, training=False), dtype=np.float64).mean(axis=0)
+    logits.set_weights([(kernel * scale).astype("float32"), (-centre).astype("float32")])
     return model
 
 
@@ -88,8 +100,7 @@ def assert_serves_like_tensorflow(version, monkeypatch) -> None:
     from kitchenware.export.openvino_ir import SHARE_ATOL
     from kitchenware.model_server.openvino_runtime import PRECISION_ENV
 
-    images = np.random.default_rng(7).integers(0, 256, (4, TINY_SIZE, TINY_SIZE, 3), np.uint8)
-    images[:, :, : TINY_SIZE // 2] //= 3  # a dark left half: the mirror is another picture
+    images = varied_images()
     monkeypatch.setenv(PRECISION_ENV, "f32")
     model = LoadedVersion(version, 1, backend="openvino")
     try:
