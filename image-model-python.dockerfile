@@ -39,8 +39,8 @@ COPY kitchenware/model_server kitchenware/model_server
 RUN pip install --no-cache-dir --no-deps .
 # A CPU server runs an IR on the CPU plugin: no GPU/NPU/AUTO/HETERO/batch plugins, no
 # model-format frontends but IR's, no converter (openvino/tools; `import openvino`
-# skips it when absent), no C API, no C headers, type stubs, NumPy's f2py and typing
-# helpers, installers or test suites.
+# skips it when absent), no C API, no C headers, type stubs, NumPy's f2py, distutils
+# and typing helpers, installers or test suites.
 ARG SITE=/opt/venv/lib/python3.11/site-packages
 ARG OVLIBS=${SITE}/openvino/libs
 RUN pip uninstall --yes pip setuptools \
@@ -50,6 +50,7 @@ RUN pip uninstall --yes pip setuptools \
     && find ${OVLIBS} -name 'libopenvino_*_frontend.so.*' ! -name 'libopenvino_ir_frontend.so.*' -delete \
     && rm -rf ${SITE}/openvino/include ${SITE}/openvino/cmake ${SITE}/openvino/tools \
        ${SITE}/openvino/torch ${SITE}/numpy/f2py ${SITE}/numpy/typing ${SITE}/numpy/_core/include \
+       ${SITE}/numpy/distutils \
        ${SITE}/openvino/frontend/tensorflow ${SITE}/openvino/frontend/tflite \
        ${SITE}/openvino/frontend/onnx ${SITE}/openvino/frontend/pytorch \
        ${SITE}/openvino/frontend/paddle ${SITE}/openvino/frontend/jax \
