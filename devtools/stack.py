@@ -329,7 +329,10 @@ def gateway_python_note(python: str) -> str:
 
 PROXY_DIR = REPO / "proxy"
 PROXY_TEMPLATE = PROXY_DIR / "nginx.conf.template"
-PROXY_ERRORS = PROXY_DIR / "json-errors.conf"
+# Files the rendered config includes, copied beside it (as proxy/render.sh does).
+PROXY_INCLUDES = ("json-errors.conf", "page.conf")
+# The folder holding static/, the web page nginx serves itself.
+PAGE_ROOT = REPO / "kitchenware" / "gateway"
 _TEMPLATE_NAME = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
 # What the proxy keeps free for probes out of gunicorn's workers x threads: one
 # public-port probe and two of kubelet's (proxy/nginx.conf.template's upstreams).
@@ -349,6 +352,7 @@ def proxy_settings(env: dict[str, str], *, workers: int, threads: int) -> dict[s
         "PROXY_UPSTREAM_CONNS": str(max(1, workers * threads - PROBE_RESERVE_THREADS)),
         "PROXY_HEADER_TIMEOUT": "10",
         "PROXY_BODY_TIMEOUT": "30",
+        "PROXY_PAGE_ROOT": str(PAGE_ROOT),
     }
     values.update(
         {k: v for k, v in env.items() if k == "MAX_REQUEST_BYTES" or k.startswith("PROXY_")}
@@ -363,6 +367,12 @@ def render_proxy_config(values: dict[str, str]) -> str:
     if missing:
         raise StackError(f"proxy: configuration error: set {' '.join(missing)}")
     return _TEMPLATE_NAME.sub(lambda m: values[m.group(1)], template)
+
+
+def copy_proxy_includes(folder: Path) -> None:
+    """Put the files the rendered config includes into `folder`, beside it."""
+    for name in PROXY_INCLUDES:
+        shutil.copyfile(PROXY_DIR / name, Path(folder) / name)
 
 
 def nginx_binary() -> str:
@@ -403,7 +413,7 @@ class Proxy(Process):
     def start(self) -> Proxy:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "nginx.conf").write_text(render_proxy_config(self.values))
-        shutil.copyfile(PROXY_ERRORS, self.run_dir / "json-errors.conf")
+        copy_proxy_includes(self.run_dir)
         (self.run_dir / "overloaded.sock").unlink(missing_ok=True)
         super().start()
         return self

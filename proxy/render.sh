@@ -19,5 +19,5 @@ if [ -n "$missing" ]; then
 fi
 mkdir -p "$PROXY_RUN_DIR"
 envsubst "$(printf '${%s} ' $names)" <"$template" >"$PROXY_RUN_DIR/nginx.conf"
-cp "$template_dir/json-errors.conf" "$PROXY_RUN_DIR/json-errors.conf"
+cp "$template_dir/json-errors.conf" "$template_dir/page.conf" "$PROXY_RUN_DIR/"
 exec nginx -e stderr -p "$PROXY_RUN_DIR" -c "$PROXY_RUN_DIR/nginx.conf" -g 'daemon off;'

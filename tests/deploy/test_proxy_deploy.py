@@ -16,9 +16,11 @@ import pytest
 from support.deploy_tools import base_docs, compose, containers, env_of
 
 from devtools.stack import (
+    PAGE_ROOT,
     PROBE_RESERVE_THREADS,
     PROXY_DIR,
     StackError,
+    copy_proxy_includes,
     free_port,
     http_status,
     nginx_binary,
@@ -63,7 +65,7 @@ def test_the_deployed_config_passes_nginx_t(where, tmp_path):
     # compose's `gateway` host resolves only on its network; nginx -t resolves upstreams.
     values["GATEWAY_UPSTREAM"] = "127.0.0.1:" + values["GATEWAY_UPSTREAM"].rsplit(":", 1)[1]
     (tmp_path / "nginx.conf").write_text(render_proxy_config(values))
-    (tmp_path / "json-errors.conf").write_text((PROXY_DIR / "json-errors.conf").read_text())
+    copy_proxy_includes(tmp_path)
     done = subprocess.run(
         [nginx_binary(), "-t", "-e", "stderr", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
         capture_output=True, text=True,
@@ -90,7 +92,7 @@ def test_the_image_entrypoint_stops_with_one_line_naming_what_is_missing(tmp_pat
     assert done.returncode == 64
     assert done.stderr.strip().splitlines() == [
         "proxy: configuration error: set GATEWAY_UPSTREAM MAX_REQUEST_BYTES PROXY_BODY_TIMEOUT "
-        "PROXY_HEADER_TIMEOUT PROXY_PROBE_PORT PROXY_UPSTREAM_CONNS"
+        "PROXY_HEADER_TIMEOUT PROXY_PAGE_ROOT PROXY_PROBE_PORT PROXY_UPSTREAM_CONNS"
     ]
 
 
@@ -99,7 +101,7 @@ def test_the_image_entrypoint_renders_and_runs_nginx(tmp_path):
     values = {**image_defaults(), "PROXY_RUN_DIR": str(tmp_path / "run"),
               "PROXY_PORT": f"127.0.0.1:{port}", "PROXY_PROBE_PORT": f"127.0.0.1:{probe_port}",
               "GATEWAY_UPSTREAM": f"127.0.0.1:{free_port()}", "MAX_REQUEST_BYTES": "1000",
-              "PROXY_UPSTREAM_CONNS": "1"}  # fmt: skip
+              "PROXY_UPSTREAM_CONNS": "1", "PROXY_PAGE_ROOT": str(PAGE_ROOT)}  # fmt: skip
     entry = subprocess.Popen(["sh", str(PROXY_DIR / "render.sh")], env=entrypoint_env(tmp_path, **values),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
@@ -108,7 +110,22 @@ def test_the_image_entrypoint_renders_and_runs_nginx(tmp_path):
         # Nothing listens upstream: the proxy's own 502, in JSON.
         assert http_status(f"http://127.0.0.1:{port}/predict") == 502
         assert http_status(f"http://127.0.0.1:{probe_port}/predict") == 404
+        # The web page comes from the proxy itself: no gunicorn needed.
+        assert http_status(f"http://127.0.0.1:{port}/") == 200
+        assert http_status(f"http://127.0.0.1:{port}/static/app.js") == 200
+        assert http_status(f"http://127.0.0.1:{port}/static/missing.js") == 404
     finally:
         entry.send_signal(signal.SIGTERM)
         output = entry.communicate(timeout=15)[0]
     assert "client" in output and '"status":502' in output, output[-2000:]
+
+
+def test_the_proxy_sends_the_page_with_the_gateways_security_headers():
+    """nginx serves the page (proxy/page.conf) with the headers the Flask app sends."""
+    import re
+
+    from kitchenware.gateway.app import SECURITY_HEADERS
+
+    text = (PROXY_DIR / "page.conf").read_text()
+    sent = dict(re.findall(r'^add_header (\S+) "([^"]*)" always;$', text, re.MULTILINE))
+    assert sent == SECURITY_HEADERS

@@ -48,6 +48,26 @@ def probe_answers(url: str, path: str, timeout: float = PROBE_ANSWER_S) -> list[
     return statuses
 
 
+def page_while_saturated(url: str) -> dict[str, tuple[int | None, str]]:
+    """The web page and its assets: (status, media type) of each; the page's security
+    headers must be on every one that is answered."""
+    from kitchenware.gateway.app import SECURITY_HEADERS
+
+    answers = {}
+    for path in ("/", "/static/app.js", "/static/style.css"):
+        try:
+            response = requests.get(url + path, timeout=PROBE_ANSWER_S)
+        except requests.RequestException:
+            answers[path] = (None, "")
+            continue
+        if response.status_code == 200:
+            for header, value in SECURITY_HEADERS.items():
+                assert response.headers.get(header) == value, (path, header)
+        media = response.headers.get("Content-Type", "").split(";")[0]
+        answers[path] = (response.status_code, media)
+    return answers
+
+
 def proxy_log_statuses(gateway) -> list[int]:
     """The status of each request in the proxy's JSON access log."""
     return [json.loads(line)["status"] for line in gateway.proxy.log_path.read_text().splitlines()
@@ -95,6 +115,7 @@ def test_probes_answer_while_every_thread_waits_on_the_model_server(
             assert {r.json()["error"]["code"] for r in shed} == {"overloaded"}
             health = probe_answers(gateway.url, "/healthz")
             kubelet_health = probe_answers(gateway.probe_url, "/healthz")
+            page = page_while_saturated(gateway.url)
             # /readyz itself waits up to 3 s for a model server that does not answer
             # (app.READY_TIMEOUT_S): kubelet's 5 s is its bound.
             ready = probe_answers(gateway.probe_url, "/readyz", PROBE_TIMEOUT_S)
@@ -103,6 +124,13 @@ def test_probes_answer_while_every_thread_waits_on_the_model_server(
     print(f"\n/healthz {health} (kubelet port {kubelet_health}), /readyz {ready} "
           f"while 16 uploads waited: {answers}")  # fmt: skip
     assert health == kubelet_health == [200] * PROBES
+    # The page and its assets come from the proxy: no gunicorn thread needed (they were
+    # shed with 503 `overloaded` like /predict when they waited for one).
+    assert page == {
+        "/": (200, "text/html"),
+        "/static/app.js": (200, "text/javascript"),
+        "/static/style.css": (200, "text/css"),
+    }
     # The model server does not answer: not ready, and said so within the probe's time.
     assert None not in ready and set(ready) <= {200, 503}
     assert set(answers) <= {200, 503, 504}
