@@ -6,6 +6,7 @@ the memory figures are those of the first model container's life.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -170,9 +171,17 @@ def test_the_proxy_answers_refusals_in_json_and_its_probe_port_passes_only_probe
     assert curl(compose, f"http://{ip}:9697/").json()["error"]["code"] == "not_found"
     # gunicorn's port is not published: only the proxy reaches it.
     assert curl(compose, "http://127.0.0.1:8000/healthz", timeout=5).status == 0
+    # The web page comes from the proxy image itself (nothing passed upstream).
+    page = curl(compose, f"{GATEWAY_URL}/")
+    assert page.status == 200 and "app.js" in page.body
+    assert curl(compose, f"{GATEWAY_URL}/static/app.js").status == 200
     # Each request is a JSON line in the proxy's log, the 413 included.
     log = compose.docker("logs", PROXY, capture_output=True, text=True).stdout
     assert '"status":413' in log and '"uri":"/predict"' in log
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assets = [line for line in lines if line["uri"] in ("/", "/static/app.js")]
+    assert {line["uri"] for line in assets} == {"/", "/static/app.js"}
+    assert {line["upstream"] for line in assets} == {""}
 
 
 def test_memory_stays_under_each_limit(compose, photos, figures):
