@@ -8,14 +8,13 @@ after gunicorn has forked its workers (a gRPC channel must not cross a fork).
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import numpy as np
 from flask import Flask, Response, g, jsonify, request
@@ -148,13 +147,11 @@ class Gateway:
                 f"~{needed / 2**20:,.0f} MiB; the limit is {self.memory.total / 2**20:,.0f} MiB "
                 "(MAX_DECODE_BYTES)"
             )
-        with ExitStack() as stack:
-            try:
-                reservation = stack.enter_context(
-                    self.memory.reserve(needed, timeout=self.settings.grpc_timeout)
-                )
-            except BudgetExhausted as exc:
-                raise errors.Overloaded(f"too many large requests in this worker: {exc}") from None
+        try:
+            reservation = self.memory.reserve(needed, timeout=self.settings.grpc_timeout)
+        except BudgetExhausted as exc:
+            raise errors.Overloaded(f"too many large requests in this worker: {exc}") from None
+        with reservation:
             parsed = parse_predict_request(request, self.limits)
             reservation.give_back(reservation.nbytes - parsed.held_bytes)
             yield parsed, reservation
@@ -375,39 +372,24 @@ class RequireWholeBody:
         return self.wsgi_app(environ, start_response)
 
 
-class RefuseUnknownTransferCodings:
-    """WSGI middleware: a Transfer-Encoding other than plain `chunked` is a JSON 501.
+def unknown_transfer_coding(environ) -> str | None:
+    """Why the request's Transfer-Encoding cannot be read, or None for none or `chunked`.
 
     gunicorn accepts `gzip`, `deflate` and `compress` before `chunked` but decodes only
-    the chunking, so the app would read the still-compressed bytes as the body. The
-    coding is refused here, before anything reads the body. gunicorn itself closes the
-    connection after such a request (it marks it so when it parses those codings; an
-    app may not send hop-by-hop headers such as Connection under PEP 3333). nginx in
-    front answers the same 501 itself (proxy/json-errors.conf).
+    the chunking, so the app would read the still-compressed bytes as the body; such a
+    request is refused before anything reads its body. gunicorn itself closes the
+    connection after it (an app may not send hop-by-hop headers such as Connection).
+    nginx in front answers the same 501 itself (proxy/json-errors.conf).
     """
-
-    def __init__(self, wsgi_app) -> None:
-        self.wsgi_app = wsgi_app
-
-    def __call__(self, environ, start_response):
-        coding = environ.get("HTTP_TRANSFER_ENCODING")
-        if coding is None or coding.strip(" \t").lower() == "chunked":
-            return self.wsgi_app(environ, start_response)
-        unknown = [c.strip(" \t") for c in coding.split(",") if c.strip(" \t").lower() != "chunked"]
-        error = errors.TransferCodingNotImplemented(
-            f"the request's Transfer-Encoding {coding!r} uses {', '.join(unknown) or 'a coding'}, "
-            "which this server does not implement; send the body as it is, with "
-            "Content-Length or Transfer-Encoding: chunked"
-        )
-        body = json.dumps({"error": {"code": error.code, "message": error.message}}).encode()
-        log.info("%s %s -> 501: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
-                 error.message)  # fmt: skip
-        start_response(
-            f"{error.status} Not Implemented",
-            [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-             *SECURITY_HEADERS.items()],
-        )  # fmt: skip
-        return [body]
+    coding = environ.get("HTTP_TRANSFER_ENCODING")
+    if coding is None or coding.strip(" \t").lower() == "chunked":
+        return None
+    unknown = [c.strip(" \t") for c in coding.split(",") if c.strip(" \t").lower() != "chunked"]
+    return (
+        f"the request's Transfer-Encoding {coding!r} uses {', '.join(unknown) or 'a coding'}, "
+        "which this server does not implement; send the body as it is, with "
+        "Content-Length or Transfer-Encoding: chunked"
+    )
 
 
 def create_app(settings: Settings | None = None, model_client=None) -> Flask:
@@ -420,13 +402,18 @@ def create_app(settings: Settings | None = None, model_client=None) -> Flask:
     app = Flask(__name__, static_folder="static", static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False
-    app.wsgi_app = RefuseUnknownTransferCodings(RequireWholeBody(app.wsgi_app))
+    app.wsgi_app = RequireWholeBody(app.wsgi_app)
     gateway = Gateway(settings, model_client)
     app.extensions["kitchenware_gateway"] = gateway
 
     @app.before_request
     def start_timer() -> None:
         g.started = time.perf_counter()
+
+    @app.before_request
+    def refuse_unknown_transfer_codings() -> None:
+        if (reason := unknown_transfer_coding(request.environ)) is not None:
+            raise errors.TransferCodingNotImplemented(reason)
 
     @app.after_request
     def finish(response: Response) -> Response:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 # glibc's mallopt parameter number (malloc.h).
 _M_MMAP_THRESHOLD = -3
@@ -47,16 +45,11 @@ class MemoryBudget:
         self.in_use = 0
         self._changed = threading.Condition()
 
-    @contextmanager
-    def reserve(self, nbytes: int, timeout: float) -> Iterator[Reservation]:
-        """Hold `nbytes` of the budget for the block, waiting up to `timeout` s for room;
-        the Reservation it yields can grow and give back along the way."""
+    def reserve(self, nbytes: int, timeout: float) -> Reservation:
+        """Hold `nbytes` of the budget, waiting up to `timeout` s for room (BudgetExhausted);
+        use the Reservation as a context manager: its end returns what it still holds."""
         self._acquire(nbytes, timeout)
-        reservation = Reservation(self, nbytes)
-        try:
-            yield reservation
-        finally:
-            self._release(reservation.nbytes)
+        return Reservation(self, nbytes)
 
     def _acquire(self, nbytes: int, timeout: float) -> None:
         if nbytes > self.total:
@@ -77,12 +70,18 @@ class MemoryBudget:
 
 
 class Reservation:
-    """What one `reserve` block holds: a request's share of its worker's budget."""
+    """What one `reserve` holds: a request's (or a decode's) share of its worker's budget."""
 
     def __init__(self, budget: MemoryBudget, nbytes: int) -> None:
         self._budget = budget
         self._lock = threading.Lock()
         self.nbytes = nbytes
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.give_back(self.nbytes)
 
     def grow(self, nbytes: int, timeout: float) -> None:
         """Hold `nbytes` more, waiting up to `timeout` s for room (BudgetExhausted)."""

@@ -80,7 +80,7 @@ def parse_predict_request(request: Request, limits: RequestLimits) -> ParsedRequ
     elif content_type == "multipart/form-data":
         parsed = _from_multipart(request, limits.max_image_bytes)
     elif content_type.startswith("image/") or content_type == "application/octet-stream":
-        parsed = _from_raw_body(request, limits)
+        parsed = _from_raw_body(request, limits.max_image_bytes)
     else:
         shown = content_type or "no Content-Type"
         raise BadRequest(
@@ -108,14 +108,13 @@ def _from_json(request: Request, limits: RequestLimits) -> ParsedRequest:
     return ParsedRequest(items, body.batch)
 
 
-def _from_raw_body(request: Request, limits: RequestLimits) -> ParsedRequest:
+def _from_raw_body(request: Request, max_image_bytes: int) -> ParsedRequest:
     """The body itself, refused from its Content-Length before it is read when too large."""
-    declared = request.content_length
-    if declared is not None:
-        _check_size(declared, "the request body", limits.max_request_bytes)
-        _check_size(declared, "the request body", limits.max_image_bytes)
-    data = _read_at_most(request.stream, limits.max_image_bytes + 1)
-    _check_size(len(data), "the request body", limits.max_image_bytes)
+    stream = request.stream  # werkzeug refuses a body over MAX_REQUEST_BYTES here (413)
+    if request.content_length is not None:
+        _check_size(request.content_length, "the request body", max_image_bytes)
+    data = _read_at_most(stream, max_image_bytes + 1)
+    _check_size(len(data), "the request body", max_image_bytes)
     if not data:
         raise BadRequest("the request body is empty")
     return ParsedRequest([ImageInput("the request body", data=data)], batch=False)

@@ -80,32 +80,22 @@ def read_json_request(
     parser = ijson.basic_parse_coro(events)
     received = pending = 0  # bytes in all; bytes since the parser last completed a value
     try:
-        while not shape.done:
-            chunk = stream.read(CHUNK_BYTES)
-            if not chunk:
-                parser.close()  # the end of the body: raises if the JSON is incomplete
-                shape.feed(events)
-                break
+        while chunk := stream.read(CHUNK_BYTES):
             received += len(chunk)
-            pending += len(chunk)
             if received > limit:
                 raise TooLarge(_body_limit_message(received, limits, at_least=True))
-            parser.send(chunk)
-            if events:
-                pending = 0
+            parser.send(chunk)  # after the object, anything but whitespace raises here
+            if shape.done:
+                continue
+            pending = 0 if events else pending + len(chunk)
             shape.feed(events)
-            if pending > shape.max_pending_bytes():
+            if not shape.done and pending > shape.max_pending_bytes():
                 raise TooLarge(
                     f"{shape.where()} is longer than the limit of "
                     f"{shape.max_pending_bytes():,} bytes of JSON text"
                 )
-        if shape.done:  # nothing may follow the object but whitespace
-            while chunk := stream.read(CHUNK_BYTES):
-                received += len(chunk)
-                if received > limit:
-                    raise TooLarge(_body_limit_message(received, limits, at_least=True))
-                parser.send(chunk)
-            parser.close()
+        parser.close()  # the end of the body: raises if the JSON is incomplete
+        shape.feed(events)
     except ijson.JSONError as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BadRequest(f"the body is not valid JSON: {first_line}") from None
@@ -162,10 +152,8 @@ class _Shape:
                 if self.key is None:
                     raise BadRequest(_one_key_message("none"))
                 self.state, self.done = "done", True
-            elif event == "map_key":
+            else:  # the parser emits only keys and end_map here
                 self._key(value)
-            else:  # pragma: no cover - the parser emits only keys and end_map here
-                raise BadRequest(f"unexpected {event} in the JSON object")
         elif self.state == "value":
             self._value(event, value)
         elif self.state == "item":
@@ -204,9 +192,7 @@ class _Shape:
             self.values.append(decode_base64(value, where, self.limits.max_image_bytes))
 
     def result(self) -> JsonRequest:
-        if not self.done:  # pragma: no cover - the parser raises on an incomplete body
-            raise BadRequest("the body is not valid JSON: it ends early")
-        return JsonRequest(self.key, self.values)
+        return JsonRequest(self.key, self.values)  # complete: the parser raised otherwise
 
 
 def _one_key_message(found: str) -> str:
